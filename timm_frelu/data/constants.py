@@ -1,0 +1,8 @@
+"""Per-channel statistics of the CIFAR training sets, on pixels scaled to [0, 1]."""
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+
+CIFAR_NUM_CLASSES = {'cifar10': 10, 'cifar100': 100}
+CIFAR_MEAN_STD = {'cifar10': (CIFAR10_MEAN, CIFAR10_STD), 'cifar100': (CIFAR100_MEAN, CIFAR100_STD)}

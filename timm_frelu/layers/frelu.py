@@ -1,0 +1,153 @@
+"""Funnel activation (FReLU), Ma, Zhang and Sun, ECCV 2020.
+
+``y = max(x, T(x))`` with ``T(x) = BN(depthwise_conv_kxk(x))``: a ReLU whose threshold is a
+learned spatial condition instead of zero. Not to be confused with "Flexible ReLU"
+(arXiv 1706.08098), an unrelated activation with the same abbreviation.
+
+Design choices, both invisible to the formula:
+
+* **No conv bias by default.** The official code keeps the conv's default bias, but the
+  BatchNorm right after it subtracts the batch mean, which cancels any bias exactly. Dropping
+  it saves ``channels`` parameters; ``bias=True`` restores the official parameter count.
+* **The depthwise kernel is a plain parameter, not an ``nn.Conv2d``.** timm's ResNet
+  ``init_weights`` re-initialises every ``nn.Conv2d`` with Kaiming fan-out, which for a
+  depthwise kernel is ``channels`` times too small (it counts fan-out as if the conv were
+  dense). A conv followed by BN is scale-invariant in its output, but the weight's scale still
+  sets its effective learning rate, so we keep our own Kaiming fan-in init out of reach of
+  model-wide conv inits.
+"""
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import UninitializedParameter
+
+__all__ = ['FReLU', 'LazyFReLU', 'create_frelu', 'frelu_reference']
+
+
+class FReLU(nn.Module):
+    """Funnel activation: ``max(x, BN(depthwise_conv(x)))``.
+
+    Args:
+        channels: Number of input (and output) channels.
+        kernel_size: Size of the square depthwise kernel (odd; the paper uses 3).
+        bias: Give the depthwise conv a bias (redundant before BN; see the module docstring).
+        inplace: Accepted for compatibility with timm's ``act_layer(inplace=True)`` calls and
+            ignored: both branches of the max need the unmodified input.
+        device, dtype: Where and in which dtype to create the parameters, as for torch layers.
+    """
+
+    def __init__(
+            self,
+            channels: int,
+            kernel_size: int = 3,
+            bias: bool = False,
+            inplace: bool = False,
+            device=None,
+            dtype=None,
+    ) -> None:
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        if kernel_size % 2 != 1:
+            raise ValueError(f'FReLU kernel_size must be odd to keep the spatial size, got {kernel_size}.')
+        self.kernel_size = kernel_size
+        self.weight = nn.Parameter(torch.empty(channels, 1, kernel_size, kernel_size, **dd))
+        self.bias = nn.Parameter(torch.empty(channels, **dd)) if bias else None
+        self.bn = nn.BatchNorm2d(channels, **dd)
+        self.reset_parameters()
+
+    @property
+    def channels(self) -> int:
+        return self.weight.shape[0]
+
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_normal_(self.weight, mode='fan_in', nonlinearity='linear')
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+        self.bn.reset_parameters()
+
+    def funnel_condition(self, x: torch.Tensor) -> torch.Tensor:
+        """The spatial condition ``T(x) = BN(depthwise_conv(x))``."""
+        if x.dim() != 4:
+            raise ValueError(
+                f'FReLU expects a 4-D (N, C, H, W) input, got shape {list(x.shape)}. '
+                f'Reshape the input or use FReLU only after 2-D conv layers.')
+        if x.shape[1] != self.weight.shape[0]:
+            raise ValueError(
+                f'FReLU was built for {self.weight.shape[0]} channels but got an input with '
+                f'{x.shape[1]}. Build it with FReLU({x.shape[1]}), or use LazyFReLU() to infer the count.')
+        padding = self.kernel_size // 2
+        return self.bn(F.conv2d(x, self.weight, self.bias, padding=padding, groups=self.weight.shape[0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.maximum(x, self.funnel_condition(x))
+
+    def extra_repr(self) -> str:
+        return f'{self.weight.shape[0]}, kernel_size={self.kernel_size}, bias={self.bias is not None}'
+
+
+class LazyFReLU(LazyModuleMixin, FReLU):
+    """FReLU whose channel count is taken from the first input it sees.
+
+    timm's models build activations as ``act_layer(inplace=True)`` with no channel count, so
+    this is what ``act_layer='frelu'`` creates there. Like torch's ``nn.LazyConv2d``, it turns
+    into a plain :class:`FReLU` at its first forward, or when a state dict is loaded into it;
+    run one forward pass before creating the optimizer, scripting or exporting.
+    """
+
+    cls_to_become = FReLU
+    weight: UninitializedParameter
+
+    def __init__(self, kernel_size: int = 3, bias: bool = False, inplace: bool = False) -> None:
+        super().__init__(0, kernel_size=kernel_size, bias=bias)
+        self.weight = UninitializedParameter()
+        if bias:
+            self.bias = UninitializedParameter()
+        self.bn = nn.LazyBatchNorm2d()
+
+    def reset_parameters(self) -> None:
+        # FReLU.__init__ calls this before the real parameters exist.
+        if not self.has_uninitialized_params() and self.weight.numel() > 0:
+            super().reset_parameters()
+
+    def extra_repr(self) -> str:
+        if self.has_uninitialized_params():
+            return f'channels=<inferred at first forward>, kernel_size={self.kernel_size}, bias={self.bias is not None}'
+        return super().extra_repr()
+
+    def initialize_parameters(self, x: torch.Tensor) -> None:
+        if not self.has_uninitialized_params():
+            return
+        if x.dim() != 4:
+            raise ValueError(f'FReLU expects a 4-D (N, C, H, W) input, got shape {list(x.shape)}.')
+        channels = x.shape[1]
+        with torch.no_grad():
+            self.weight.materialize((channels, 1, self.kernel_size, self.kernel_size), device=x.device, dtype=x.dtype)
+            if self.bias is not None:
+                self.bias.materialize((channels,), device=x.device, dtype=x.dtype)
+            nn.init.kaiming_normal_(self.weight, mode='fan_in', nonlinearity='linear')
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
+
+
+def create_frelu(channels: Optional[int] = None, kernel_size: int = 3, bias: bool = False, inplace: bool = False) -> FReLU:
+    """The ``'frelu'`` entry of timm's activation factory: an :class:`FReLU` when the channel
+    count is known, a :class:`LazyFReLU` when it is not."""
+    if channels is None:
+        return LazyFReLU(kernel_size=kernel_size, bias=bias)
+    return FReLU(channels, kernel_size=kernel_size, bias=bias)
+
+
+def frelu_reference(x: torch.Tensor, module: FReLU) -> torch.Tensor:
+    """The published formula written out with torch's stock modules, for testing FReLU
+    implementations against: ``max(x, BN(DepthwiseConv(x)))``."""
+    channels = module.weight.shape[0]
+    conv = nn.Conv2d(channels, channels, module.kernel_size, padding=module.kernel_size // 2,
+                     groups=channels, bias=module.bias is not None).to(x)
+    bn = nn.BatchNorm2d(channels).to(x)
+    conv.load_state_dict({'weight': module.weight, **({'bias': module.bias} if module.bias is not None else {})})
+    bn.load_state_dict(module.bn.state_dict())
+    bn.train(module.training)
+    return torch.max(x, bn(conv(x)))

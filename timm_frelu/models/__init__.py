@@ -1,0 +1,1 @@
+from .resnet_frelu import CifarResNet, FReLUBasicBlock, FReLUBottleneck, FRELU_LAYOUTS, STEMS, stage_blocks
