@@ -1,0 +1,29 @@
+"""The ``timm-frelu`` command."""
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+
+def _models(args: argparse.Namespace) -> int:
+    from .summary import model_table, update_readme
+    if args.update_readme:
+        changed = update_readme(Path(args.update_readme))
+        print(f"{args.update_readme}: model table {'updated' if changed else 'already current'}")
+    else:
+        print(model_table())
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog='timm-frelu', description='FReLU (Funnel activation) models for timm.')
+    commands = parser.add_subparsers(dest='command', required=True)
+    models = commands.add_parser('models', help='list the registered FReLU models with params and MACs')
+    models.add_argument('--update-readme', metavar='README', help='rewrite the model table of this README instead of printing it')
+    models.set_defaults(run=_models)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
