@@ -197,8 +197,11 @@ def _create_resnet_frelu(
                 f"stem='cifar'. Use pretrained=False with stem='imagenet'.")
         model_cls = ResNet
         kwargs['pretrained_cfg_overlay'] = dict(_IMAGENET_STEM_CFG, **(kwargs.get('pretrained_cfg_overlay') or {}))
+    # The stem and every stage are feature levels; timm's default assumes four stages.
+    feature_cfg = dict(out_indices=tuple(range(len(channels) + 1)))
     try:
-        return build_model_with_cfg(model_cls, variant, pretrained, block=block_fns, layers=layers, **kwargs)
+        return build_model_with_cfg(
+            model_cls, variant, pretrained, block=block_fns, layers=layers, feature_cfg=feature_cfg, **kwargs)
     except (HfHubHTTPError, EntryNotFoundError, OfflineModeIsEnabled) as err:
         cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
         name = f'{variant}.{cfg.tag}'

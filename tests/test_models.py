@@ -1,0 +1,164 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from timm_frelu import FReLU
+from timm_frelu.models import CifarResNet
+
+IMAGENET_FAMILY = {  # name: (block kind, blocks per stage)
+    'resnet18_frelu': ('basic', (2, 2, 2, 2)),
+    'resnet34_frelu': ('basic', (3, 4, 6, 3)),
+    'resnet50_frelu': ('bottleneck', (3, 4, 6, 3)),
+    'resnet101_frelu': ('bottleneck', (3, 4, 23, 3)),
+    'resnet152_frelu': ('bottleneck', (3, 8, 36, 3)),
+}
+CIFAR_FAMILY = {f'resnet{depth}_frelu': depth for depth in (20, 32, 44, 56, 110)}
+ALL_MODELS = sorted(IMAGENET_FAMILY) + sorted(CIFAR_FAMILY)
+
+
+def _params(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def _frelu_params(model):
+    return sum(_params(m) for m in model.modules() if isinstance(m, FReLU))
+
+
+def test_list_models_shows_the_ten_frelu_resnets():
+    assert sorted(timm.list_models('*frelu*')) == sorted(ALL_MODELS)
+
+
+@pytest.mark.parametrize('name', ALL_MODELS)
+@pytest.mark.parametrize('tag, num_classes', [('cifar10', 10), ('cifar100', 100)])
+def test_tags_map_a_cifar_batch_to_class_logits(name, tag, num_classes):
+    model = timm.create_model(f'{name}.{tag}').eval()
+    assert model.pretrained_cfg['tag'] == tag
+    assert model.pretrained_cfg['input_size'] == (3, 32, 32)
+    assert model.pretrained_cfg['hf_hub_id'] == f'timm-frelu/{name}.{tag}'
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, num_classes)
+
+
+def test_name_without_tag_is_the_cifar10_model():
+    model = timm.create_model('resnet50_frelu')
+    assert model.pretrained_cfg['tag'] == 'cifar10' and model.num_classes == 10
+    assert isinstance(model, CifarResNet)
+
+
+def _frelu_channels(block_kind, blocks_per_stage, stage_channels, frelu_stages):
+    """Channel count at every FReLU position the layout implies: after each of a block's convs
+    but the last, and after its residual add."""
+    total = 0
+    for stage, (num_blocks, planes) in enumerate(zip(blocks_per_stage, stage_channels)):
+        if stage < frelu_stages:
+            per_block = 2 * planes if block_kind == 'basic' else planes + planes + 4 * planes
+            total += num_blocks * per_block
+    return total
+
+
+@pytest.mark.parametrize('name', sorted(IMAGENET_FAMILY))
+@pytest.mark.parametrize('layout, frelu_stages', [('paper', 3), ('all', 4)])
+def test_imagenet_family_parameter_count_matches_layout(name, layout, frelu_stages):
+    block_kind, blocks = IMAGENET_FAMILY[name]
+    model = timm.create_model(name, frelu_layout=layout)
+    frelu_channels = _frelu_channels(block_kind, blocks, (64, 128, 256, 512), frelu_stages)
+    assert _frelu_params(model) == 11 * frelu_channels  # 3x3 depthwise kernel + BN scale and shift
+    # The rest is timm's own ResNet, with a 3x3 instead of a 7x7 stem conv.
+    timm_twin = timm.create_model(name.replace('_frelu', ''), num_classes=10)
+    assert _params(model) - _frelu_params(model) == _params(timm_twin) - 3 * 64 * (49 - 9)
+
+
+def _cifar_resnet_params(depth, num_classes=10):
+    """Parameters of He et al.'s CIFAR ResNet with ReLU and 1x1 projection shortcuts."""
+    n = (depth - 2) // 6
+    conv_bn = lambda cin, cout, k: cin * cout * k * k + 2 * cout  # noqa: E731
+    total = conv_bn(3, 16, 3)
+    cin = 16
+    for width in (16, 32, 64):
+        for _ in range(n):
+            total += conv_bn(cin, width, 3) + conv_bn(width, width, 3)
+            if cin != width:
+                total += conv_bn(cin, width, 1)
+            cin = width
+    return total + 64 * num_classes + num_classes
+
+
+@pytest.mark.parametrize('name', sorted(CIFAR_FAMILY))
+@pytest.mark.parametrize('layout', ['paper', 'all'])
+def test_cifar_family_parameter_count_matches_layout(name, layout):
+    depth = CIFAR_FAMILY[name]
+    model = timm.create_model(name, frelu_layout=layout)
+    n = (depth - 2) // 6
+    frelu_channels = _frelu_channels('basic', (n, n, n), (16, 32, 64), frelu_stages=3)
+    assert _frelu_params(model) == 11 * frelu_channels
+    assert _params(model) - _frelu_params(model) == _cifar_resnet_params(depth)
+
+
+def test_paper_layout_keeps_relu_in_stem_and_stage_4():
+    model = timm.create_model('resnet50_frelu')
+    assert isinstance(model.act1, torch.nn.ReLU)
+    assert all(isinstance(block.act3, FReLU) for stage in (model.layer1, model.layer2, model.layer3) for block in stage)
+    assert not any(isinstance(m, FReLU) for m in model.layer4.modules())
+
+
+@pytest.mark.parametrize('name', sorted(IMAGENET_FAMILY))
+def test_imagenet_stem_is_timms_resnet(name):
+    model = timm.create_model(name, stem='imagenet').eval()
+    assert type(model) is timm.models.resnet.ResNet
+    assert model.pretrained_cfg['input_size'] == (3, 224, 224) and model.num_classes == 1000
+    assert [info['reduction'] for info in model.feature_info] == [2, 4, 8, 16, 32]
+    timm_twin = timm.create_model(name.replace('_frelu', ''))
+    assert _params(model) - _frelu_params(model) == _params(timm_twin)
+    assert model(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(stem='imagenet', pretrained=True), 'No ImageNet-stem weights'),
+    (dict(stem='tiny'), 'Unknown stem'),
+    (dict(frelu_layout='some'), 'Unknown frelu_layout'),
+])
+def test_bad_model_arguments_are_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        timm.create_model('resnet18_frelu', **kwargs)
+
+
+def test_cifar_resnets_have_no_imagenet_stem():
+    with pytest.raises(ValueError, match='CIFAR stem only'):
+        timm.create_model('resnet20_frelu', stem='imagenet')
+
+
+def test_unknown_model_name_is_a_clear_error():
+    with pytest.raises(RuntimeError, match='Unknown model'):
+        timm.create_model('resnet19_frelu')
+
+
+def test_pretrained_without_weights_is_a_clear_error():
+    with pytest.raises(RuntimeError) as info:
+        timm.create_model('resnet110_frelu.cifar100', pretrained=True)
+    message = str(info.value)
+    assert 'No pretrained weights could be loaded for resnet110_frelu.cifar100' in message
+    assert 'timm-frelu/resnet110_frelu.cifar100' in message and 'pretrained=False' in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_shipped_weights_load_offline_from_the_checkpoints_folder(tmp_path):
+    model = timm.create_model('resnet20_frelu.cifar10').eval()
+    weights = tmp_path / 'resnet20_frelu.cifar10' / 'model.safetensors'
+    weights.parent.mkdir()
+    save_file(model.state_dict(), weights)
+    x = torch.randn(2, 3, 32, 32)
+    torch.save({'x': x, 'y': model(x).detach()}, tmp_path / 'io.pt')
+    script = (
+        "import sys, torch, timm, timm_frelu\n"
+        "io = torch.load(sys.argv[1], weights_only=True)\n"
+        "model = timm.create_model('resnet20_frelu.cifar10', pretrained=True).eval()\n"
+        "assert model.pretrained_cfg['file'].endswith('resnet20_frelu.cifar10/model.safetensors')\n"
+        "assert torch.equal(model(io['x']), io['y'])\n"
+    )
+    env = dict(os.environ, TIMM_FRELU_CHECKPOINTS=str(tmp_path), HF_HUB_OFFLINE='1')
+    result = subprocess.run([sys.executable, '-c', script, str(tmp_path / 'io.pt')], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

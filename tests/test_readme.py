@@ -1,0 +1,19 @@
+from pathlib import Path
+
+from timm_frelu.cli import main
+from timm_frelu.summary import model_table, replace_readme_table
+
+README = Path(__file__).resolve().parents[1] / 'README.md'
+
+
+def test_readme_model_table_is_current():
+    text = README.read_text()
+    assert replace_readme_table(text, model_table()) == text, (
+        'README.md model table is stale: run `timm-frelu models --update-readme README.md`')
+
+
+def test_models_command_prints_every_model(capsys):
+    assert main(['models']) == 0
+    out = capsys.readouterr().out
+    for depth in (18, 20, 32, 34, 44, 50, 56, 101, 110, 152):
+        assert f'`resnet{depth}_frelu`' in out
