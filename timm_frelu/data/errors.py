@@ -1,0 +1,2 @@
+class DataError(RuntimeError):
+    """Data that is missing, corrupt or not in the expected layout; the message says how to fix it."""

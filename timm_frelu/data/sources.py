@@ -1,0 +1,164 @@
+"""Datasets as uint8 image tensors, decoded once and cached.
+
+Dataset names follow timm's ``--dataset`` convention where one exists:
+
+* ``torch/cifar10``, ``torch/cifar100``: torchvision's CIFAR in ``data_dir`` (its standard
+  layout), downloaded there with ``download=True`` on a machine with internet.
+* ``shared/cifar10-jpeg``, ``shared/cifar10-lossless``: the offline copies in the shared data
+  folder (the full CIFAR-10 as lossy JPEG, and 4,000 train / 1,000 test original images).
+* ``folder``: an image folder ``data_dir/<split>/<class>/<image>``; classes are the sorted
+  sub-folder names, so CIFAR folders named by class come out in the official label order.
+"""
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from safetensors.torch import load_file, save_file
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms.v2.functional import resize
+
+from .errors import DataError
+from .shared import SHARED_ARCHIVES, cache_dir, shared_data_dir, unpacked_archive, verified_archive
+
+DATA_DIR_ENV = 'TIMM_FRELU_DATA'
+TORCHVISION_DATASETS = ('torch/cifar10', 'torch/cifar100')
+SHARED_DATASETS = tuple(f'shared/{name}' for name in SHARED_ARCHIVES)
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
+
+
+@dataclass
+class ImageSet:
+    """One split of a dataset, held in memory."""
+    images: torch.Tensor  # uint8, (N, C, H, W)
+    labels: torch.Tensor  # int64, (N,)
+    classes: List[str]
+    source: Dict[str, Any] = field(default_factory=dict)  # what was read: dataset, split, path, sha256s
+
+    def __len__(self) -> int:
+        return self.labels.numel()
+
+    def content_sha256(self) -> str:
+        """SHA256 of the decoded pixels and labels: the same number for the same data, however stored."""
+        digest = hashlib.sha256()
+        digest.update(self.images.contiguous().numpy().tobytes())
+        digest.update(self.labels.numpy().tobytes())
+        return digest.hexdigest()
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get(DATA_DIR_ENV) or 'data')
+
+
+def load_split(
+        dataset: str,
+        split: str,
+        data_dir: Optional[str] = None,
+        download: bool = False,
+        img_size: Optional[int] = None,
+) -> ImageSet:
+    """Load ``split`` ('train' or 'test', or any folder name for ``folder``) of ``dataset``."""
+    data_dir = Path(data_dir) if data_dir else default_data_dir()
+    if dataset in TORCHVISION_DATASETS:
+        image_set = _load_torchvision(dataset, split, data_dir, download)
+        if img_size:
+            image_set.images = resize(image_set.images, [img_size, img_size], antialias=True)
+    elif dataset in SHARED_DATASETS:
+        name = dataset.split('/', 1)[1]
+        archive, archive_sha256 = verified_archive(name)
+        image_set = _load_folder_cached(unpacked_archive(archive, archive_sha256) / split, img_size)
+        image_set.source.update(archive=str(archive), archive_sha256=archive_sha256)
+    elif dataset == 'folder':
+        image_set = _load_folder_cached(data_dir / split, img_size)
+    else:
+        raise DataError(
+            f'Unknown dataset {dataset!r}. Use one of {TORCHVISION_DATASETS + SHARED_DATASETS} or '
+            f"'folder' with --data-dir pointing at <dir>/<split>/<class>/ images.")
+    image_set.source.update(dataset=dataset, split=split, num_images=len(image_set))
+    image_set.source['content_sha256'] = image_set.content_sha256()
+    return image_set
+
+
+def _load_torchvision(dataset: str, split: str, data_dir: Path, download: bool) -> ImageSet:
+    from torchvision.datasets import CIFAR10, CIFAR100
+    dataset_cls = CIFAR10 if dataset == 'torch/cifar10' else CIFAR100
+    if split not in ('train', 'test'):
+        raise DataError(f"{dataset} has the splits 'train' and 'test', not {split!r}.")
+    try:
+        ds = dataset_cls(str(data_dir), train=split == 'train', download=download)
+    except RuntimeError as err:  # torchvision's "Dataset not found or corrupted"
+        raise DataError(
+            f'{dataset} was looked for in {data_dir.resolve()} (torchvision layout) and not found or '
+            f'corrupt ({err}). Fixes: pass --dataset-download on a machine with internet; point '
+            f'--data-dir (or ${DATA_DIR_ENV}) at a folder that holds it; or, offline, use '
+            f'--dataset shared/cifar10-jpeg, or --dataset folder with an image folder.') from None
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+    labels = torch.tensor(ds.targets, dtype=torch.int64)
+    return ImageSet(images, labels, list(ds.classes), dict(path=str(data_dir.resolve())))
+
+
+def _scan_folder(root: Path) -> Tuple[List[str], List[Tuple[Path, int]]]:
+    if not root.is_dir():
+        raise DataError(
+            f'No image folder at {root.resolve()}. Expected <data-dir>/<split>/<class>/<image> '
+            f'(for example train/cat/0001.png); set --data-dir and the split names to match.')
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    samples = [
+        (path, label)
+        for label, name in enumerate(classes)
+        for path in (root / name).iterdir()
+        if path.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    if not samples:
+        raise DataError(f'{root.resolve()} holds no images in class sub-folders ({", ".join(IMAGE_SUFFIXES)}).')
+    # File name first: folders whose files are named by their index (as the shared CIFAR
+    # copies are) come out in the dataset's original order.
+    samples.sort(key=lambda s: (s[0].name, s[1]))
+    return classes, samples
+
+
+def _load_folder_cached(root: Path, img_size: Optional[int]) -> ImageSet:
+    classes, samples = _scan_folder(root)
+    fingerprint = hashlib.sha256(json.dumps([
+        str(root.resolve()), img_size,
+        [(str(p.relative_to(root)), label, p.stat().st_size, p.stat().st_mtime_ns) for p, label in samples],
+    ]).encode()).hexdigest()
+    cache_file = cache_dir() / 'tensors' / f'{fingerprint[:32]}.safetensors'
+    source = dict(path=str(root.resolve()))
+    if cache_file.is_file():
+        try:
+            tensors = load_file(cache_file)
+            return ImageSet(tensors['images'], tensors['labels'], classes, source)
+        except Exception:  # a damaged cache is rebuilt from the images
+            cache_file.unlink(missing_ok=True)
+    images = torch.stack([_decode(path, img_size) for path, _ in samples])
+    labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_suffix(f'.tmp{os.getpid()}')
+    save_file({'images': images, 'labels': labels}, tmp)
+    os.replace(tmp, cache_file)
+    return ImageSet(images, labels, classes, source)
+
+
+def _decode(path: Path, img_size: Optional[int]) -> torch.Tensor:
+    try:
+        image = decode_image(str(path), mode=ImageReadMode.RGB)
+    except RuntimeError as err:
+        raise DataError(f'Cannot decode {path}: {err}. Remove or replace the file.') from None
+    if img_size:
+        image = resize(image, [img_size, img_size], antialias=True)
+    return image
+
+
+def check_same_size(image_sets: List[ImageSet]) -> None:
+    """Raise a clear error unless every image set has one image size (stacking needs it)."""
+    sizes = {tuple(s.images.shape[1:]) for s in image_sets}
+    if len(sizes) != 1:
+        raise DataError(f'Images differ in size {sorted(sizes)}; pass --img-size to resize them all.')
+
+
+__all__ = ['ImageSet', 'load_split', 'default_data_dir', 'DataError', 'shared_data_dir',
+           'TORCHVISION_DATASETS', 'SHARED_DATASETS', 'check_same_size']

@@ -1,0 +1,424 @@
+#!/usr/bin/env python3
+"""Train timm models (FReLU or not) on CIFAR and image folders: timm's train.py, adapted.
+
+Arguments keep timm's names and its two-stage parsing: ``-c recipe.yaml`` sets defaults that
+command-line flags override. Batches come from an in-memory uint8 tensor and are augmented on
+the training device (``timm_frelu.data.TensorLoader``), so data loading costs almost nothing
+next to the model, even on two CPU cores.
+
+Output folder (``--output``/``--experiment``): ``args.yaml``, ``summary.csv`` (one row per
+epoch), ``last.pth.tar`` (every epoch, written to a temp file and renamed), ``model_best.pth.tar``
+(by ``--eval-metric``) and the best ``checkpoint-<epoch>.pth.tar`` files.
+
+``--resume <dir>/last.pth.tar`` continues a run into the same folder: model, optimizer, AMP
+scaler, EMA weights, epoch and checkpoint history come from the checkpoint, the schedule is
+re-derived from the epoch, and every random stream (data order, augmentation, dropout, mixup)
+is re-seeded from ``(--seed, epoch)`` at each epoch start, so a resumed run repeats exactly what
+the killed run would have done from that epoch on.
+
+    python -m timm_frelu.train -c zoo_configs/cpu/resnet20_frelu_cifar10.yaml --dataset shared/cifar10-jpeg
+    torchrun --nproc_per_node 2 -m timm_frelu.train -c recipe.yaml --device cpu
+"""
+import argparse
+import logging
+import math
+import os
+import sys
+import time
+from collections import OrderedDict
+from contextlib import nullcontext
+from functools import partial
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+import torch.nn as nn
+import yaml
+from timm.data import Mixup, resolve_data_config
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.models import create_model, load_checkpoint, resume_checkpoint
+from timm.optim import create_optimizer_v2, optimizer_kwargs
+from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+from timm.utils import (CheckpointSaver, ModelEmaV3, NativeScaler, ParseKwargs, dispatch_clip_grad, distribute_bn,
+                        init_distributed_device, random_seed, setup_default_logging, update_summary)
+from timm.utils.checkpoint_saver import load_checkpoint_metadata
+from timm.utils.summary import trim_summary
+
+import timm_frelu  # noqa: F401  registers the FReLU models
+from timm_frelu.data import DataError, TensorLoader, load_split
+from timm_frelu.data.sources import check_same_size
+from timm_frelu.evaluation import evaluate
+
+_logger = logging.getLogger('train')
+
+config_parser = argparse.ArgumentParser(description='Training config', add_help=False)
+config_parser.add_argument('-c', '--config', default='', metavar='FILE', help='YAML config file of argument defaults')
+
+parser = argparse.ArgumentParser(description='Train timm models on CIFAR and image folders')
+
+group = parser.add_argument_group('Dataset')
+group.add_argument('--data-dir', metavar='DIR', help='dataset root (torchvision layout, or an image folder with --dataset folder)')
+group.add_argument('--dataset', default='torch/cifar10', help='torch/cifar10, torch/cifar100, shared/cifar10-jpeg, shared/cifar10-lossless or folder')
+group.add_argument('--train-split', default='train', help='training split (folder name for image folders)')
+group.add_argument('--val-split', default='test', help='evaluation split; empty for none')
+group.add_argument('--dataset-download', action='store_true', help='download torchvision datasets if missing')
+group.add_argument('--img-size', type=int, default=None, help='resize every image to this square size when decoding')
+
+group = parser.add_argument_group('Model')
+group.add_argument('--model', default='resnet20_frelu', help='timm model name, with or without a tag')
+group.add_argument('--pretrained', action='store_true', help='start from pretrained weights')
+group.add_argument('--pretrained-path', default=None, help='load the pretrained weights from this file instead of the Hub')
+group.add_argument('--initial-checkpoint', default='', help='load this checkpoint into the model before training')
+group.add_argument('--resume', default='', help='resume a run from its last.pth.tar, into its own folder')
+group.add_argument('--no-resume-opt', action='store_true', help='do not restore the optimizer state when resuming')
+group.add_argument('--num-classes', type=int, default=None, help='classifier size (default: the dataset\'s class count)')
+group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, help='extra model arguments, key=value')
+group.add_argument('--drop', type=float, default=0.0, help='dropout rate before the classifier')
+group.add_argument('--drop-path', type=float, default=None, help='stochastic depth rate')
+group.add_argument('--channels-last', action='store_true', help='channels-last memory layout')
+group.add_argument('--grad-checkpointing', action='store_true', help='trade compute for activation memory')
+group.add_argument('--torchcompile', nargs='?', type=str, default=None, const='inductor', help='torch.compile the model (backend)')
+group.add_argument('--sync-bn', action='store_true', help='synchronise BatchNorm statistics across DDP ranks')
+group.add_argument('--batch-size', '-b', type=int, default=128, help='batch size per process')
+group.add_argument('--validation-batch-size', '-vb', type=int, default=None, help='evaluation batch size (default: 2x batch size)')
+
+group = parser.add_argument_group('Optimizer')
+group.add_argument('--opt', default='sgd', help='optimizer, any of timm.optim')
+group.add_argument('--opt-eps', type=float, default=None)
+group.add_argument('--opt-betas', type=float, nargs='+', default=None)
+group.add_argument('--momentum', type=float, default=0.9)
+group.add_argument('--weight-decay', type=float, default=5e-4)
+group.add_argument('--clip-grad', type=float, default=None, help='gradient clipping threshold')
+group.add_argument('--clip-mode', default='norm', help='norm, value or agc')
+
+group = parser.add_argument_group('Schedule')
+group.add_argument('--sched', default='cosine', help='any of timm.scheduler: cosine, step, multistep, ...')
+group.add_argument('--sched-on-updates', action='store_true', help='update the lr every step, not every epoch')
+group.add_argument('--lr', type=float, default=0.1)
+group.add_argument('--epochs', type=int, default=200)
+group.add_argument('--decay-epochs', type=float, default=30)
+group.add_argument('--decay-milestones', type=int, nargs='+', default=[100, 150])
+group.add_argument('--decay-rate', '--dr', type=float, default=0.1)
+group.add_argument('--warmup-epochs', type=int, default=0)
+group.add_argument('--warmup-lr', type=float, default=1e-5)
+group.add_argument('--warmup-prefix', action='store_true')
+group.add_argument('--min-lr', type=float, default=0)
+group.add_argument('--cooldown-epochs', type=int, default=0)
+
+group = parser.add_argument_group('Augmentation and regularisation')
+group.add_argument('--crop-padding', type=int, default=4, help='zero padding of the random crop; 0 disables it')
+group.add_argument('--hflip', type=float, default=0.5, help='horizontal flip probability')
+group.add_argument('--cutout', type=int, default=0, help='Cutout square size; 0 disables it')
+group.add_argument('--aa', default=None, help="policy: timm's rand-*/augmix-*/v0/original, or trivial")
+group.add_argument('--mixup', type=float, default=0.0, help='mixup alpha')
+group.add_argument('--cutmix', type=float, default=0.0, help='cutmix alpha')
+group.add_argument('--mixup-prob', type=float, default=1.0)
+group.add_argument('--mixup-switch-prob', type=float, default=0.5)
+group.add_argument('--mixup-mode', default='batch')
+group.add_argument('--mixup-off-epoch', type=int, default=0, help='turn mixup off from this epoch')
+group.add_argument('--smoothing', type=float, default=0.0, help='label smoothing')
+group.add_argument('--mean', type=float, nargs='+', default=None, help='override the normalisation mean')
+group.add_argument('--std', type=float, nargs='+', default=None, help='override the normalisation std')
+
+group = parser.add_argument_group('EMA')
+group.add_argument('--model-ema', action='store_true', help='keep an exponential moving average of the weights')
+group.add_argument('--model-ema-decay', type=float, default=0.999)
+group.add_argument('--model-ema-warmup', action='store_true')
+
+group = parser.add_argument_group('Run')
+group.add_argument('--seed', type=int, default=42)
+group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+group.add_argument('--dist-backend', default=None, help='DDP backend (default: nccl on CUDA, gloo on CPU)')
+group.add_argument('--dist-url', default=None)
+group.add_argument('--amp', action='store_true', help='mixed precision')
+group.add_argument('--amp-dtype', default='bfloat16', help='bfloat16 or float16')
+group.add_argument('--threads', type=int, default=None, help='torch CPU threads')
+group.add_argument('--log-interval', type=int, default=50, help='steps between progress lines')
+group.add_argument('--checkpoint-hist', type=int, default=1, help='how many best checkpoint-<epoch> files to keep')
+group.add_argument('--eval-metric', default='top1', help='metric that picks the best checkpoint')
+group.add_argument('--output', default='output/train', help='parent folder of the run folders')
+group.add_argument('--experiment', default='', help='run folder name (default: date-model)')
+group.add_argument('--log-wandb', action='store_true', help='log to Weights & Biases, offline')
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    args_config, remaining = config_parser.parse_known_args(argv)
+    if args_config.config:
+        with open(args_config.config) as f:
+            cfg = yaml.safe_load(f) or {}
+        unknown = sorted(set(cfg) - {a.dest for a in parser._actions})
+        if unknown:
+            parser.error(f'{args_config.config} sets unknown arguments: {", ".join(unknown)}')
+        parser.set_defaults(**cfg)
+    args = parser.parse_args(remaining)
+    args.config = args_config.config
+    return args
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _output_dir(args: argparse.Namespace) -> Path:
+    if args.resume and not args.experiment:
+        return Path(args.resume).resolve().parent
+    name = args.experiment or '-'.join([time.strftime('%Y%m%d-%H%M%S'), args.model.replace('/', '_')])
+    return Path(args.output) / name
+
+
+class _Progress:
+    """Per-step log lines, and TensorBoard scalars when tensorboard is installed."""
+
+    def __init__(self, output_dir: Path, enabled: bool) -> None:
+        self.writer = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.writer = SummaryWriter(str(output_dir / 'tensorboard'))
+            except ImportError:
+                _logger.debug('tensorboard is not installed; no TensorBoard logs')
+
+    def scalars(self, step: int, values: dict) -> None:
+        if self.writer is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, step)
+            self.writer.flush()
+
+
+def train_one_epoch(epoch, model, loader, optimizer, loss_fn, args, lr_scheduler, autocast, loss_scaler,
+                    model_ema=None, mixup_fn=None, num_updates=0):
+    model.train()
+    loss_sum, seen, start = 0.0, 0, time.time()
+    for step, (images, targets) in enumerate(loader):
+        if mixup_fn is not None:
+            images, targets = mixup_fn(images, targets)
+        with autocast():
+            loss = loss_fn(model(images), targets)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f'The training loss became {loss.item()} at epoch {epoch}, step {step}.')
+        optimizer.zero_grad(set_to_none=True)
+        clip = dict(clip_grad=args.clip_grad, clip_mode=args.clip_mode, parameters=model.parameters())
+        if loss_scaler is not None:
+            loss_scaler(loss, optimizer, **clip)
+        else:
+            loss.backward()
+            if args.clip_grad is not None:
+                dispatch_clip_grad(model.parameters(), args.clip_grad, mode=args.clip_mode)
+            optimizer.step()
+        num_updates += 1
+        if model_ema is not None:
+            model_ema.update(model, step=num_updates)
+        lr_scheduler.step_update(num_updates=num_updates)
+        loss_sum += loss.item() * images.shape[0]
+        seen += images.shape[0]
+        if args.rank == 0 and (step % args.log_interval == 0 or step == len(loader) - 1):
+            lr = optimizer.param_groups[0]['lr']
+            rate = seen * args.world_size / max(time.time() - start, 1e-9)
+            _logger.info(
+                f'Train: {epoch} [{step + 1:>4d}/{len(loader)}]  loss {loss.item():.4f} '
+                f'(avg {loss_sum / seen:.4f})  lr {lr:.3e}  {rate:.1f} img/s')
+    epoch_time = time.time() - start
+    return OrderedDict(loss=loss_sum / max(seen, 1), epoch_time=epoch_time,
+                       img_per_sec=seen * args.world_size / epoch_time), num_updates
+
+
+def train(args: argparse.Namespace) -> Path:
+    """Run the training that ``args`` describes; returns the output folder."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = init_distributed_device(args)
+    primary = args.rank == 0
+    random_seed(args.seed, args.rank)
+
+    train_set = load_split(args.dataset, args.train_split, args.data_dir, args.dataset_download, args.img_size)
+    eval_set = load_split(args.dataset, args.val_split, args.data_dir, args.dataset_download, args.img_size) if args.val_split else None
+    check_same_size([s for s in (train_set, eval_set) if s is not None])
+    num_classes = args.num_classes or len(train_set.classes)
+    if int(train_set.labels.max()) >= num_classes:
+        raise DataError(f'The data has {len(train_set.classes)} classes but --num-classes is {num_classes}.')
+
+    model = create_model(
+        args.model,
+        pretrained=args.pretrained,
+        pretrained_cfg_overlay=dict(file=args.pretrained_path) if args.pretrained_path else None,
+        num_classes=num_classes,
+        drop_rate=args.drop,
+        **({'drop_path_rate': args.drop_path} if args.drop_path is not None else {}),
+        **args.model_kwargs,
+    )
+    if args.initial_checkpoint:
+        load_checkpoint(model, args.initial_checkpoint)
+    data_config = resolve_data_config(vars(args), model=model)
+    if args.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    model.to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    # Lazy layers (act_layer='frelu' in timm models) need one forward before the optimizer.
+    with torch.no_grad():
+        model.eval()(train_set.images[:2].float().to(device))
+    if args.distributed and args.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+    optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args))
+    amp_dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
+    autocast = partial(torch.autocast, device_type=device.type, dtype=amp_dtype) if args.amp else nullcontext
+    loss_scaler = NativeScaler(device=device.type) if args.amp and amp_dtype == torch.float16 else None
+
+    output_dir = _output_dir(args)
+    start_epoch = 0
+    if args.resume:
+        if not Path(args.resume).is_file():
+            raise FileNotFoundError(f'--resume {args.resume}: no such checkpoint. Point it at a run folder\'s last.pth.tar.')
+        start_epoch = resume_checkpoint(
+            model, args.resume, optimizer=None if args.no_resume_opt else optimizer,
+            loss_scaler=loss_scaler, log_info=primary) or 0
+    model_ema = None
+    if args.model_ema:
+        model_ema = ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup)
+        if args.resume:
+            load_checkpoint(model_ema.module, args.resume, use_ema=True)
+    if args.torchcompile:
+        model = torch.compile(model, backend=args.torchcompile)
+    if args.distributed:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
+
+    loader_kwargs = dict(mean=data_config['mean'], std=data_config['std'], device=device, seed=args.seed,
+                         rank=args.rank, world_size=args.world_size, channels_last=args.channels_last)
+    loader_train = TensorLoader(
+        train_set.images, train_set.labels, args.batch_size, train=True, crop_padding=args.crop_padding,
+        hflip=args.hflip > 0, cutout_size=args.cutout, auto_augment=args.aa, **loader_kwargs)
+    loader_eval = None
+    if eval_set is not None:
+        loader_eval = TensorLoader(
+            eval_set.images, eval_set.labels, args.validation_batch_size or 2 * args.batch_size, **loader_kwargs)
+    if len(loader_train) == 0:
+        raise DataError(f'{len(train_set)} training images make no full batch of {args.batch_size}; lower --batch-size.')
+
+    mixup_fn = None
+    if args.mixup > 0 or args.cutmix > 0:
+        mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
+                         switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+                         label_smoothing=args.smoothing, num_classes=num_classes)
+        train_loss_fn = SoftTargetCrossEntropy()
+    elif args.smoothing:
+        train_loss_fn = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+    else:
+        train_loss_fn = nn.CrossEntropyLoss()
+
+    lr_scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args), updates_per_epoch=len(loader_train))
+    if start_epoch > 0:
+        if args.sched_on_updates:
+            lr_scheduler.step_update(start_epoch * len(loader_train))
+        else:
+            lr_scheduler.step(start_epoch)
+
+    saver = None
+    progress = None
+    summary_csv = output_dir / 'summary.csv'
+    if primary:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        args_record = dict(vars(args), num_classes=num_classes, train_data=train_set.source,
+                           eval_data=eval_set.source if eval_set else None)
+        _write_text_atomic(output_dir / 'args.yaml', yaml.safe_dump(args_record, sort_keys=False))
+        saver = CheckpointSaver(model, optimizer, args=args, model_ema=model_ema, amp_scaler=loss_scaler,
+                                checkpoint_dir=str(output_dir), recovery_dir=str(output_dir),
+                                decreasing='loss' in args.eval_metric, max_history=args.checkpoint_hist)
+        if args.resume:
+            saver.load_state_dict(load_checkpoint_metadata(args.resume).get('saver', {}))
+        trim_summary(str(summary_csv), start_epoch)
+        progress = _Progress(output_dir, enabled=True)
+        if args.log_wandb:
+            _init_wandb(args, output_dir)
+        _logger.info(f'Training {args.model} ({num_classes} classes) on {args.dataset}/{args.train_split} '
+                     f'({len(train_set)} images) for {num_epochs} epochs from epoch {start_epoch}; output in {output_dir}')
+
+    num_updates = start_epoch * len(loader_train)
+    try:
+        _train_epochs(args, start_epoch, num_epochs, model, model_ema, optimizer, train_loss_fn, lr_scheduler,
+                      autocast, loss_scaler, mixup_fn, loader_train, loader_eval, num_classes, num_updates,
+                      saver, progress, summary_csv)
+    except NonFiniteLossError as err:
+        last = output_dir / 'last.pth.tar'
+        kept = f'the last good checkpoint, {last}, is kept' if last.exists() else 'no checkpoint had been written yet'
+        raise NonFiniteLossError(
+            f'{err} Training stopped; {kept}. Lower --lr, add --clip-grad, or check the data, then '
+            f'continue with --resume {last}.') from None
+    finally:
+        if args.distributed:
+            torch.distributed.destroy_process_group()
+    return output_dir
+
+
+def _train_epochs(args, start_epoch, num_epochs, model, model_ema, optimizer, train_loss_fn, lr_scheduler,
+                  autocast, loss_scaler, mixup_fn, loader_train, loader_eval, num_classes, num_updates,
+                  saver, progress, summary_csv):
+    for epoch in range(start_epoch, num_epochs):
+        random_seed(args.seed + epoch, args.rank)  # every random stream is a function of (seed, epoch)
+        loader_train.set_epoch(epoch)
+        if mixup_fn is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
+            mixup_fn.mixup_enabled = False
+        train_metrics, num_updates = train_one_epoch(
+            epoch, model, loader_train, optimizer, train_loss_fn, args, lr_scheduler, autocast, loss_scaler,
+            model_ema=model_ema, mixup_fn=mixup_fn, num_updates=num_updates)
+        if args.distributed and not args.sync_bn:
+            distribute_bn(model, args.world_size, reduce=True)
+
+        eval_metrics = OrderedDict()
+        if loader_eval is not None:
+            evaluated = model_ema.module if model_ema is not None else model
+            metrics = evaluate(evaluated, loader_eval, num_classes, autocast=autocast)
+            eval_metrics = OrderedDict((k, metrics[k]) for k in ('loss', 'top1', 'top5'))
+        lr = optimizer.param_groups[0]['lr']
+        lr_scheduler.step(epoch + 1, eval_metrics.get(args.eval_metric.replace('eval_', ''), None))
+
+        if args.rank == 0:
+            update_summary(epoch, train_metrics, eval_metrics, filename=str(summary_csv), lr=lr,
+                           log_wandb=args.log_wandb and _wandb_ready())
+            progress.scalars(epoch, {**{f'train/{k}': v for k, v in train_metrics.items()},
+                                     **{f'eval/{k}': v for k, v in eval_metrics.items()}, 'lr': lr})
+            best_metric, best_epoch = saver.save_checkpoint(epoch, metric=eval_metrics.get(args.eval_metric))
+            _logger.info(
+                f'Epoch {epoch}: train loss {train_metrics["loss"]:.4f}, '
+                + (f'eval top-1 {eval_metrics["top1"]:.2f}%, ' if eval_metrics else '')
+                + f'{train_metrics["img_per_sec"]:.1f} img/s, {train_metrics["epoch_time"]:.1f} s'
+                + (f'; best {args.eval_metric} {best_metric:.2f} (epoch {best_epoch})' if best_metric is not None else ''))
+
+
+def _wandb_ready() -> bool:
+    try:
+        import wandb
+        return wandb.run is not None
+    except ImportError:
+        return False
+
+
+def _init_wandb(args: argparse.Namespace, output_dir: Path) -> None:
+    try:
+        import wandb
+    except ImportError:
+        _logger.warning('--log-wandb was given but wandb is not installed (pip install wandb); not logging to W&B.')
+        return
+    wandb.init(project='timm-frelu', name=output_dir.name, config=vars(args), dir=str(output_dir), mode='offline')
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    setup_default_logging()
+    args = parse_args(argv)
+    try:
+        train(args)
+    except (NonFiniteLossError, DataError, FileNotFoundError) as err:
+        _logger.error(str(err))
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
