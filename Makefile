@@ -11,7 +11,7 @@ setup:
 	@$(PIP) -e '.[test]'
 
 main: setup
-	$(PYTHON) -m timm_frelu.cli models
+	$(PYTHON) -m timm_frelu.cli main
 
 test: setup
 	$(PYTHON) -m pytest -q

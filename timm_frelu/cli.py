@@ -15,12 +15,30 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _main_job(args: argparse.Namespace) -> int:
+    from .main_job import run
+    return run(args.output)
+
+
+def _recipes(args: argparse.Namespace) -> int:
+    from .recipes import write_recipes
+    changed = write_recipes(Path(args.write))
+    print(f'{args.write}: {changed} recipe files written')
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog='timm-frelu', description='FReLU (Funnel activation) models for timm.')
     commands = parser.add_subparsers(dest='command', required=True)
     models = commands.add_parser('models', help='list the registered FReLU models with params and MACs')
     models.add_argument('--update-readme', metavar='README', help='rewrite the model table of this README instead of printing it')
     models.set_defaults(run=_models)
+    main_job = commands.add_parser('main', help='the main job: validate the default checkpoint, or train one briefly first')
+    main_job.add_argument('--output', default='output/main', help='parent folder of the run folder')
+    main_job.set_defaults(run=_main_job)
+    recipes = commands.add_parser('recipes', help='write the zoo_configs recipe files')
+    recipes.add_argument('--write', default='zoo_configs', metavar='DIR')
+    recipes.set_defaults(run=_recipes)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 from safetensors.torch import load_file, save_file
-from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2.functional import resize
 
 from .errors import DataError
@@ -145,8 +146,9 @@ def _load_folder_cached(root: Path, img_size: Optional[int]) -> ImageSet:
 
 def _decode(path: Path, img_size: Optional[int]) -> torch.Tensor:
     try:
-        image = decode_image(str(path), mode=ImageReadMode.RGB)
-    except RuntimeError as err:
+        with Image.open(path) as pil_image:
+            image = torch.from_numpy(np.array(pil_image.convert('RGB'))).permute(2, 0, 1).contiguous()
+    except (UnidentifiedImageError, OSError) as err:
         raise DataError(f'Cannot decode {path}: {err}. Remove or replace the file.') from None
     if img_size:
         image = resize(image, [img_size, img_size], antialias=True)
