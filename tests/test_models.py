@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from timm_frelu import FReLU
-from timm_frelu.models import CifarResNet
+from timm_frelu.models import ActResNet, CifarResNet
 
 IMAGENET_FAMILY = {  # name: (block kind, blocks per stage)
     'resnet18_frelu': ('basic', (2, 2, 2, 2)),
@@ -64,7 +64,7 @@ def _frelu_channels(block_kind, blocks_per_stage, stage_channels, frelu_stages):
 @pytest.mark.parametrize('layout, frelu_stages', [('paper', 3), ('all', 4)])
 def test_imagenet_family_parameter_count_matches_layout(name, layout, frelu_stages):
     block_kind, blocks = IMAGENET_FAMILY[name]
-    model = timm.create_model(name, frelu_layout=layout)
+    model = timm.create_model(name, act_layout=layout)
     frelu_channels = _frelu_channels(block_kind, blocks, (64, 128, 256, 512), frelu_stages)
     assert _frelu_params(model) == 11 * frelu_channels  # 3x3 depthwise kernel + BN scale and shift
     # The rest is timm's own ResNet, with a 3x3 instead of a 7x7 stem conv.
@@ -91,7 +91,7 @@ def _cifar_resnet_params(depth, num_classes=10):
 @pytest.mark.parametrize('layout', ['paper', 'all'])
 def test_cifar_family_parameter_count_matches_layout(name, layout):
     depth = CIFAR_FAMILY[name]
-    model = timm.create_model(name, frelu_layout=layout)
+    model = timm.create_model(name, act_layout=layout)
     n = (depth - 2) // 6
     frelu_channels = _frelu_channels('basic', (n, n, n), (16, 32, 64), frelu_stages=3)
     assert _frelu_params(model) == 11 * frelu_channels
@@ -108,7 +108,7 @@ def test_paper_layout_keeps_relu_in_stem_and_stage_4():
 @pytest.mark.parametrize('name', sorted(IMAGENET_FAMILY))
 def test_imagenet_stem_is_timms_resnet(name):
     model = timm.create_model(name, stem='imagenet').eval()
-    assert type(model) is timm.models.resnet.ResNet
+    assert isinstance(model, ActResNet) and isinstance(model, timm.models.resnet.ResNet)
     assert model.pretrained_cfg['input_size'] == (3, 224, 224) and model.num_classes == 1000
     assert [info['reduction'] for info in model.feature_info] == [2, 4, 8, 16, 32]
     timm_twin = timm.create_model(name.replace('_frelu', ''))
@@ -119,7 +119,7 @@ def test_imagenet_stem_is_timms_resnet(name):
 @pytest.mark.parametrize('kwargs, message', [
     (dict(stem='imagenet', pretrained=True), 'No ImageNet-stem weights'),
     (dict(stem='tiny'), 'Unknown stem'),
-    (dict(frelu_layout='some'), 'Unknown frelu_layout'),
+    (dict(act_layout='some'), 'Unknown act_layout'),
 ])
 def test_bad_model_arguments_are_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -1,10 +1,11 @@
 """FReLU (Funnel activation) models for timm.
 
-Importing this package registers the ``*_frelu`` models with timm's model registry and
-``'frelu'`` with timm's activation factory.
+Importing this package registers the ``<arch>_frelu`` models and their baselines
+(``<arch>_{relu,swish,mish,dyrelua,dyrelub}``) with timm's model registry, and ``'frelu'`` with
+timm's activation factory.
 """
-from .layers import FReLU, LazyFReLU, create_frelu, register_frelu_activation
-from .models import CifarResNet, FReLUBasicBlock, FReLUBottleneck
+from .layers import DyReLUA, DyReLUB, FReLU, LazyFReLU, create_frelu, register_frelu_activation
+from .models import ActResNet, CifarResNet
 
 register_frelu_activation()
 

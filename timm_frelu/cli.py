@@ -30,7 +30,7 @@ def _recipes(args: argparse.Namespace) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog='timm-frelu', description='FReLU (Funnel activation) models for timm.')
     commands = parser.add_subparsers(dest='command', required=True)
-    models = commands.add_parser('models', help='list the registered FReLU models with params and MACs')
+    models = commands.add_parser('models', help='list the registered architectures with params and MACs per activation')
     models.add_argument('--update-readme', metavar='README', help='rewrite the model table of this README instead of printing it')
     models.set_defaults(run=_models)
     main_job = commands.add_parser('main', help='the main job: validate the default checkpoint, or train one briefly first')

@@ -1,1 +1,1 @@
-from .resnet_frelu import CifarResNet, FReLUBasicBlock, FReLUBottleneck, FRELU_LAYOUTS, STEMS, stage_blocks
+from .resnet import ACT_LAYOUTS, ACTS, ARCHS, STEMS, ActResNet, CifarResNet, set_block_activations

@@ -1,23 +1,25 @@
-"""ResNets with Funnel activations (FReLU), built on timm's ResNet and its blocks.
+"""ResNets with FReLU and the activations it is compared with, built on timm's ResNet.
 
-Two families share one builder:
+Every architecture is registered once per activation, ``<arch>_<act>``:
 
-* ``resnet{18,34,50,101,152}_frelu``: the ImageNet ResNet layouts. With the default
+* archs ``resnet{18,34,50,101,152}``: timm's ResNet layouts. With the default
   ``stem='cifar'`` the stem is a single 3x3 stride-1 conv with no max-pool, so a 32x32 image
-  keeps its resolution through the first stage (the usual CIFAR adaptation); ``stem='imagenet'``
-  gives timm's 7x7 stride-2 stem and max-pool, for 224 px input.
-* ``resnet{20,32,44,56,110}_frelu``: the CIFAR ResNets of He et al. (2016): a 16-channel 3x3
+  keeps its resolution through the first stage; ``stem='imagenet'`` gives timm's 7x7 stride-2
+  stem and max-pool, for 224 px input.
+* archs ``resnet{20,32,44,56,110}``: the CIFAR ResNets of He et al. (2016): a 16-channel 3x3
   stem and three stages of 16/32/64 channels with (depth - 2) / 6 BasicBlocks each. Shortcuts
   that change shape use a 1x1 conv + BN projection (the paper's option B), as timm does.
+* acts ``frelu`` (Funnel), and the baselines ``relu``, ``swish``, ``mish`` (timm's), ``dyrelua``
+  and ``dyrelub`` (Dynamic ReLU A and B). The networks differ in nothing but these modules.
 
-Where FReLU goes is set by ``frelu_layout``, a plain string so that it survives timm's
-JSON config export:
+Which activations get the model's activation is set by ``act_layout``, a plain string so that
+it survives timm's JSON config export:
 
-* ``'paper'`` (default for every model): every activation of the residual blocks of stages 1-3
-  is FReLU (after the first convs and after the residual add), and stage 4 and the stem keep
-  ReLU, as in the official ResNet-50. The official code has no BasicBlock variant; we apply the
-  same stage rule to it. The three-stage CIFAR ResNets thus have FReLU in every block.
-* ``'all'``: every block activation of every stage is FReLU; the stem keeps ReLU.
+* ``'paper'`` (default): every activation inside the residual blocks of stages 1-3 (after each
+  conv but the last, and after the residual add); stage 4 and the stem keep ReLU, as in the
+  official FReLU ResNet-50. The official code has no BasicBlock variant; we apply the same stage
+  rule to it. The three-stage CIFAR ResNets thus get it in every block.
+* ``'all'``: every block activation of every stage; the stem keeps ReLU.
 
 Pretrained tags ``cifar10`` and ``cifar100`` describe the CIFAR-stem models at 32x32 input.
 A name without a tag resolves to its first tag, ``cifar10``, as everywhere in timm.
@@ -32,56 +34,43 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet, make_blocks
 
 from ..data.constants import CIFAR_MEAN_STD, CIFAR_NUM_CLASSES
-from ..layers import FReLU
+from ..layers import BLOCK_ACTIVATIONS, create_block_act
 from ._weights import checkpoints_dir, hub_repo_id, shipped_weights
 
-__all__ = ['CifarResNet', 'FReLUBasicBlock', 'FReLUBottleneck', 'FRELU_LAYOUTS', 'STEMS', 'stage_blocks']
+__all__ = ['ActResNet', 'CifarResNet', 'ACT_LAYOUTS', 'STEMS', 'set_block_activations']
 
-FRELU_LAYOUTS = ('paper', 'all')
+ACT_LAYOUTS = ('paper', 'all')
 STEMS = ('cifar', 'imagenet')
-PAPER_FRELU_STAGES = 3
+PAPER_STAGES = 3
 
 
-def _use_frelu(block: nn.Module, num_acts: int) -> None:
-    """Replace ``act1..act{num_acts}`` of a timm block with FReLUs sized from the BN before each."""
-    for i in range(1, num_acts + 1):
-        bn = getattr(block, f'bn{i}')
-        setattr(block, f'act{i}', FReLU(bn.num_features, device=bn.weight.device, dtype=bn.weight.dtype))
+def set_block_activations(model: ResNet, block_act: str, act_layout: str) -> None:
+    """Give the residual blocks that ``act_layout`` selects the activation ``block_act``, each
+    sized from the BN before it. Runs inside the constructors, before any weights are loaded."""
+    if act_layout not in ACT_LAYOUTS:
+        raise ValueError(f'Unknown act_layout {act_layout!r}; choose one of {ACT_LAYOUTS}.')
+    if block_act == 'relu':
+        return  # timm's blocks already have it
+    num_stages = len(model.feature_info) - 1
+    for stage in range(PAPER_STAGES if act_layout == 'paper' else num_stages):
+        for block in getattr(model, f'layer{stage + 1}'):
+            for i in range(1, 4 if isinstance(block, Bottleneck) else 3):
+                bn = getattr(block, f'bn{i}')
+                act = create_block_act(block_act, bn.num_features)
+                setattr(block, f'act{i}', act.to(device=bn.weight.device, dtype=bn.weight.dtype))
 
 
-class FReLUBasicBlock(BasicBlock):
-    """timm's BasicBlock with FReLU after conv1 and after the residual add."""
+class ActResNet(ResNet):
+    """timm's ResNet, ImageNet stem and all, with ``block_act`` in the blocks ``act_layout`` selects."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, block_act: str = 'frelu', act_layout: str = 'paper', **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        _use_frelu(self, num_acts=2)
-
-
-class FReLUBottleneck(Bottleneck):
-    """timm's Bottleneck with FReLU after conv1, after conv2 and after the residual add."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        _use_frelu(self, num_acts=3)
-
-
-_BLOCK_TYPES: Dict[str, Tuple[Type[nn.Module], Type[nn.Module]]] = {
-    'basic': (BasicBlock, FReLUBasicBlock),
-    'bottleneck': (Bottleneck, FReLUBottleneck),
-}
-
-
-def stage_blocks(block: str, num_stages: int, frelu_layout: str = 'paper') -> Tuple[Type[nn.Module], ...]:
-    """The block class of each stage for a block kind ('basic' or 'bottleneck') and a FReLU layout."""
-    if frelu_layout not in FRELU_LAYOUTS:
-        raise ValueError(f'Unknown frelu_layout {frelu_layout!r}; choose one of {FRELU_LAYOUTS}.')
-    plain, funnel = _BLOCK_TYPES[block]
-    funnel_stages = PAPER_FRELU_STAGES if frelu_layout == 'paper' else num_stages
-    return tuple(funnel if i < funnel_stages else plain for i in range(num_stages))
+        set_block_activations(self, block_act, act_layout)
 
 
 class CifarResNet(ResNet):
-    """timm's ResNet with a CIFAR stem: one 3x3 stride-1 conv and no max-pool.
+    """timm's ResNet with a CIFAR stem (one 3x3 stride-1 conv, no max-pool) and ``block_act`` in
+    the blocks ``act_layout`` selects.
 
     It reuses everything of :class:`timm.models.resnet.ResNet` but its constructor, which
     hard-codes the 7x7 stride-2 stem, a 64-channel stem width and four stages. Networks with
@@ -99,8 +88,10 @@ class CifarResNet(ResNet):
         drop_rate: Dropout rate before the classifier.
         drop_path_rate: Stochastic depth rate, rising linearly over the blocks.
         zero_init_last: Zero-init the last BN of each residual branch.
-        act_layer: Activation of the stem and of the plain blocks.
+        act_layer: Activation of the stem and of the blocks ``act_layout`` leaves alone.
         norm_layer: Normalisation layer.
+        block_act: Activation of the selected blocks, a name of ``BLOCK_ACTIVATIONS``.
+        act_layout: Which blocks get ``block_act``: 'paper' or 'all'.
         block_args: Extra keyword arguments for the blocks.
     """
 
@@ -118,6 +109,8 @@ class CifarResNet(ResNet):
             zero_init_last: bool = True,
             act_layer: LayerType = nn.ReLU,
             norm_layer: LayerType = nn.BatchNorm2d,
+            block_act: str = 'frelu',
+            act_layout: str = 'paper',
             block_args: Optional[Dict[str, Any]] = None,
             device=None,
             dtype=None,
@@ -162,6 +155,7 @@ class CifarResNet(ResNet):
         self.num_features = channels[-1] * block_fns[-1].expansion
         self.global_pool, self.fc = create_classifier(self.num_features, self.num_classes, pool_type=global_pool, **dd)
         self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+        set_block_activations(self, block_act, act_layout)
         self.init_weights(zero_init_last=zero_init_last)
 
 
@@ -172,20 +166,10 @@ _IMAGENET_STEM_CFG = dict(
 )
 
 
-def _create_resnet_frelu(
-        variant: str,
-        pretrained: bool = False,
-        *,
-        block: str,
-        layers: Tuple[int, ...],
-        stem: str = 'cifar',
-        frelu_layout: str = 'paper',
-        **kwargs,
-) -> ResNet:
+def _create_resnet(variant: str, pretrained: bool = False, stem: str = 'cifar', **kwargs) -> ResNet:
     if stem not in STEMS:
         raise ValueError(f'Unknown stem {stem!r} for {variant}; choose one of {STEMS}.')
     channels = kwargs.get('channels', (64, 128, 256, 512))
-    block_fns = stage_blocks(block, len(channels), frelu_layout)
     if stem == 'cifar':
         model_cls = CifarResNet
     else:
@@ -195,13 +179,12 @@ def _create_resnet_frelu(
             raise ValueError(
                 f'No ImageNet-stem weights exist for {variant}; the cifar10/cifar100 weights are for '
                 f"stem='cifar'. Use pretrained=False with stem='imagenet'.")
-        model_cls = ResNet
+        model_cls = ActResNet
         kwargs['pretrained_cfg_overlay'] = dict(_IMAGENET_STEM_CFG, **(kwargs.get('pretrained_cfg_overlay') or {}))
     # The stem and every stage are feature levels; timm's default assumes four stages.
     feature_cfg = dict(out_indices=tuple(range(len(channels) + 1)))
     try:
-        return build_model_with_cfg(
-            model_cls, variant, pretrained, block=block_fns, layers=layers, feature_cfg=feature_cfg, **kwargs)
+        return build_model_with_cfg(model_cls, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
     except (HfHubHTTPError, EntryNotFoundError, OfflineModeIsEnabled) as err:
         cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
         name = f'{variant}.{cfg.tag}'
@@ -213,14 +196,39 @@ def _create_resnet_frelu(
             f"script, or load a file with pretrained_cfg_overlay=dict(file='model.safetensors').") from None
 
 
-def _cfg(name: str, tag: str, pool_size: Tuple[int, int]) -> Dict[str, Any]:
+def _cifar_resnet(depth: int) -> Dict[str, Any]:
+    blocks_per_stage = (depth - 2) // 6
+    return dict(block=BasicBlock, layers=(blocks_per_stage,) * 3, channels=(16, 32, 64), stem_width=16)
+
+
+# One row per architecture; every (arch, act) pair is a registered model.
+ARCHS: Dict[str, Dict[str, Any]] = {
+    'resnet18': dict(block=BasicBlock, layers=(2, 2, 2, 2)),
+    'resnet34': dict(block=BasicBlock, layers=(3, 4, 6, 3)),
+    'resnet50': dict(block=Bottleneck, layers=(3, 4, 6, 3)),
+    'resnet101': dict(block=Bottleneck, layers=(3, 4, 23, 3)),
+    'resnet152': dict(block=Bottleneck, layers=(3, 8, 36, 3)),
+    'resnet20': _cifar_resnet(20),
+    'resnet32': _cifar_resnet(32),
+    'resnet44': _cifar_resnet(44),
+    'resnet56': _cifar_resnet(56),
+    'resnet110': _cifar_resnet(110),
+}
+ACTS = tuple(BLOCK_ACTIVATIONS)
+TAGS = ('cifar10', 'cifar100')
+_ACT_TITLES = dict(frelu='FReLU (Funnel activation)', relu='ReLU', swish='Swish (SiLU)', mish='Mish',
+                   dyrelua='DY-ReLU-A', dyrelub='DY-ReLU-B')
+
+
+def _cfg(name: str, tag: str, num_stages: int) -> Dict[str, Any]:
     mean, std = CIFAR_MEAN_STD[tag]
+    final_size = 32 // 2 ** (num_stages - 1)  # the CIFAR stem does not downsample; each later stage halves
     return dict(
         hf_hub_id=hub_repo_id(name, tag),
         file=shipped_weights(name, tag),
         num_classes=CIFAR_NUM_CLASSES[tag],
         input_size=(3, 32, 32),
-        pool_size=pool_size,
+        pool_size=(final_size, final_size),
         crop_pct=1.0,
         interpolation='bilinear',
         mean=mean,
@@ -233,87 +241,29 @@ def _cfg(name: str, tag: str, pool_size: Tuple[int, int]) -> Dict[str, Any]:
     )
 
 
-# Final feature map at 32x32 input: 4x4 after the four-stage nets' total stride of 8, 8x8 after
-# the three-stage CIFAR ResNets' stride of 4.
-_FINAL_POOL = {
-    'resnet18_frelu': (4, 4), 'resnet34_frelu': (4, 4), 'resnet50_frelu': (4, 4),
-    'resnet101_frelu': (4, 4), 'resnet152_frelu': (4, 4),
-    'resnet20_frelu': (8, 8), 'resnet32_frelu': (8, 8), 'resnet44_frelu': (8, 8),
-    'resnet56_frelu': (8, 8), 'resnet110_frelu': (8, 8),
-}
-
 default_cfgs = generate_default_cfgs({
-    f'{name}.{tag}': _cfg(name, tag, pool_size)
-    for name, pool_size in _FINAL_POOL.items()
-    for tag in ('cifar10', 'cifar100')
+    f'{arch}_{act}.{tag}': _cfg(f'{arch}_{act}', tag, len(args.get('channels', (64, 128, 256, 512))))
+    for arch, args in ARCHS.items()
+    for act in ACTS
+    for tag in TAGS
 })
 
 
-def _cifar_resnet_args(depth: int) -> Dict[str, Any]:
-    blocks_per_stage = (depth - 2) // 6
-    return dict(block='basic', layers=(blocks_per_stage,) * 3, channels=(16, 32, 64), stem_width=16)
+def _register(arch: str, act: str) -> None:
+    name = f'{arch}_{act}'
+
+    def entrypoint(pretrained: bool = False, **kwargs) -> ResNet:
+        model_args = dict(ARCHS[arch], block_act=act)
+        return _create_resnet(name, pretrained, **dict(model_args, **kwargs))
+
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__module__ = __name__
+    entrypoint.__doc__ = f'{arch} with {_ACT_TITLES[act]} in its residual blocks (act_layout selects which).'
+    globals()[name] = register_model(entrypoint)
 
 
-@register_model
-def resnet18_frelu(pretrained: bool = False, **kwargs) -> ResNet:
-    """ResNet-18 with FReLU (paper layout), CIFAR stem by default."""
-    model_args = dict(block='basic', layers=(2, 2, 2, 2))
-    return _create_resnet_frelu('resnet18_frelu', pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def resnet34_frelu(pretrained: bool = False, **kwargs) -> ResNet:
-    """ResNet-34 with FReLU (paper layout), CIFAR stem by default."""
-    model_args = dict(block='basic', layers=(3, 4, 6, 3))
-    return _create_resnet_frelu('resnet34_frelu', pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def resnet50_frelu(pretrained: bool = False, **kwargs) -> ResNet:
-    """ResNet-50 with FReLU (paper layout), CIFAR stem by default."""
-    model_args = dict(block='bottleneck', layers=(3, 4, 6, 3))
-    return _create_resnet_frelu('resnet50_frelu', pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def resnet101_frelu(pretrained: bool = False, **kwargs) -> ResNet:
-    """ResNet-101 with FReLU (paper layout), CIFAR stem by default."""
-    model_args = dict(block='bottleneck', layers=(3, 4, 23, 3))
-    return _create_resnet_frelu('resnet101_frelu', pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def resnet152_frelu(pretrained: bool = False, **kwargs) -> ResNet:
-    """ResNet-152 with FReLU (paper layout), CIFAR stem by default."""
-    model_args = dict(block='bottleneck', layers=(3, 8, 36, 3))
-    return _create_resnet_frelu('resnet152_frelu', pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def resnet20_frelu(pretrained: bool = False, **kwargs) -> ResNet:
-    """CIFAR ResNet-20 (He et al. 2016) with FReLU in every block."""
-    return _create_resnet_frelu('resnet20_frelu', pretrained, **dict(_cifar_resnet_args(20), **kwargs))
-
-
-@register_model
-def resnet32_frelu(pretrained: bool = False, **kwargs) -> ResNet:
-    """CIFAR ResNet-32 (He et al. 2016) with FReLU in every block."""
-    return _create_resnet_frelu('resnet32_frelu', pretrained, **dict(_cifar_resnet_args(32), **kwargs))
-
-
-@register_model
-def resnet44_frelu(pretrained: bool = False, **kwargs) -> ResNet:
-    """CIFAR ResNet-44 (He et al. 2016) with FReLU in every block."""
-    return _create_resnet_frelu('resnet44_frelu', pretrained, **dict(_cifar_resnet_args(44), **kwargs))
-
-
-@register_model
-def resnet56_frelu(pretrained: bool = False, **kwargs) -> ResNet:
-    """CIFAR ResNet-56 (He et al. 2016) with FReLU in every block."""
-    return _create_resnet_frelu('resnet56_frelu', pretrained, **dict(_cifar_resnet_args(56), **kwargs))
-
-
-@register_model
-def resnet110_frelu(pretrained: bool = False, **kwargs) -> ResNet:
-    """CIFAR ResNet-110 (He et al. 2016) with FReLU in every block."""
-    return _create_resnet_frelu('resnet110_frelu', pretrained, **dict(_cifar_resnet_args(110), **kwargs))
+# timm's register_model reads each function's name and this module's default_cfgs; writing the
+# 60 entrypoints out would repeat one line of arguments 60 times.
+for _arch in ARCHS:
+    for _act in ACTS:
+        _register(_arch, _act)

@@ -1,0 +1,168 @@
+"""The training command, run as users run it: in a subprocess, on a small generated dataset."""
+import argparse
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from conftest import make_image_folder
+from timm_frelu.train import parse_args
+
+EPOCHS = 4
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp('data'), num_classes=4, per_class=80, size=32)
+
+
+def _train_cmd(data_dir, output, experiment, *extra):
+    return [
+        sys.executable, '-m', 'timm_frelu.train', '--dataset', 'folder', '--data-dir', str(data_dir),
+        '--model', 'resnet20_frelu', '--epochs', str(EPOCHS), '--batch-size', '32', '--lr', '0.05',
+        '--warmup-epochs', '1', '--model-ema', '--smoothing', '0.1', '--threads', '1', '--seed', '7',
+        '--output', str(output), '--experiment', experiment, '--log-interval', '5', *extra,
+    ]
+
+
+def _run(cmd, **kwargs):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kwargs)
+
+
+def _summary(path):
+    with open(path / 'summary.csv') as f:
+        return list(csv.DictReader(f))
+
+
+def _load(path):
+    # timm's training checkpoints hold the run's argparse.Namespace beside the tensors.
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(path, map_location='cpu', weights_only=True)
+
+
+@pytest.fixture(scope='module')
+def reference_run(data_dir, tmp_path_factory):
+    output = tmp_path_factory.mktemp('runs')
+    result = _run(_train_cmd(data_dir, output, 'reference'))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output / 'reference'
+
+
+def test_run_writes_args_summary_and_checkpoints(reference_run):
+    args = yaml.safe_load((reference_run / 'args.yaml').read_text())
+    assert args['model'] == 'resnet20_frelu' and args['num_classes'] == 4
+    assert args['train_data']['num_images'] == 320 and len(args['train_data']['content_sha256']) == 64
+    rows = _summary(reference_run)
+    assert [int(r['epoch']) for r in rows] == list(range(EPOCHS))
+    for key in ('train_loss', 'train_epoch_time', 'train_img_per_sec', 'eval_loss', 'eval_top1', 'eval_top5', 'lr'):
+        assert all(float(r[key]) >= 0 for r in rows), key
+    assert float(rows[-1]['train_loss']) < float(rows[0]['train_loss'])
+    last = _load(reference_run / 'last.pth.tar')
+    assert last['epoch'] == EPOCHS - 1 and 'state_dict_ema' in last and 'optimizer' in last
+    best = _load(reference_run / 'model_best.pth.tar')
+    assert best['metric'] == max(float(r['eval_top1']) for r in rows)
+
+
+def test_killed_run_resumes_exactly(data_dir, reference_run, tmp_path):
+    cmd = _train_cmd(data_dir, tmp_path, 'killed')
+    run_dir = tmp_path / 'killed'
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and process.poll() is None:
+            if (run_dir / 'summary.csv').exists() and len(_summary(run_dir)) >= 2:
+                break
+            time.sleep(0.1)
+        time.sleep(0.5)  # into epoch 2
+        assert process.poll() is None, 'the run ended before it could be killed'
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    killed_at = _load(run_dir / 'last.pth.tar')['epoch']  # loads: not corrupt
+    assert 1 <= killed_at < EPOCHS - 1
+
+    result = _run(cmd + ['--resume', str(run_dir / 'last.pth.tar')])
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed, reference = _summary(run_dir), _summary(reference_run)
+    assert [r['epoch'] for r in resumed] == [r['epoch'] for r in reference]
+    for ours, theirs in zip(resumed, reference):
+        for key in ('train_loss', 'eval_loss', 'eval_top1', 'lr'):
+            assert float(ours[key]) == pytest.approx(float(theirs[key]), rel=1e-6, abs=1e-9), (ours['epoch'], key)
+    final, expected = _load(run_dir / 'last.pth.tar'), _load(reference_run / 'last.pth.tar')
+    for key in ('state_dict', 'state_dict_ema'):
+        for name, tensor in expected[key].items():
+            assert torch.allclose(final[key][name].float(), tensor.float(), atol=1e-6), (key, name)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, reference_run, tmp_path):
+    run_dir = tmp_path / 'diverging'
+    shutil.copytree(reference_run, run_dir)
+    good = (run_dir / 'last.pth.tar').read_bytes()
+    cmd = _train_cmd(data_dir, tmp_path, 'diverging', '--resume', str(run_dir / 'last.pth.tar'),
+                     '--epochs', str(EPOCHS + 2), '--lr', '1e30', '--warmup-epochs', '0', '--no-resume-opt')
+    result = _run(cmd)
+    assert result.returncode == 2
+    assert 'The training loss became' in result.stderr and 'last good checkpoint' in result.stderr
+    assert f'--resume {run_dir / "last.pth.tar"}' in result.stderr
+    assert (run_dir / 'last.pth.tar').read_bytes() == good
+
+
+def test_fine_tune_pretrained_weights_on_a_new_class_count(reference_run, tmp_path):
+    weights = tmp_path / 'model.safetensors'
+    save_file(_load(reference_run / 'last.pth.tar')['state_dict'], weights)
+    new_data = make_image_folder(tmp_path / 'three', num_classes=3, per_class=12, seed=5)
+    result = _run([
+        sys.executable, '-m', 'timm_frelu.train', '--dataset', 'folder', '--data-dir', str(new_data),
+        '--model', 'resnet20_frelu', '--pretrained', '--pretrained-path', str(weights), '--epochs', '1',
+        '--batch-size', '12', '--threads', '1', '--output', str(tmp_path), '--experiment', 'finetune'])
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = _load(tmp_path / 'finetune' / 'last.pth.tar')['state_dict']
+    assert state['fc.weight'].shape == (3, 64)
+    pretrained = _load(reference_run / 'last.pth.tar')['state_dict']
+    assert not torch.equal(state['layer1.0.act1.weight'], torch.zeros_like(state['layer1.0.act1.weight']))
+    assert state['conv1.weight'].shape == pretrained['conv1.weight'].shape
+
+
+def test_bad_arguments_are_clear_errors(data_dir, tmp_path):
+    missing = _run(_train_cmd(data_dir, tmp_path, 'x', '--resume', str(tmp_path / 'nope.pth.tar')))
+    assert missing.returncode == 2 and 'no such checkpoint' in missing.stderr
+    no_data = _run(_train_cmd(tmp_path / 'empty', tmp_path, 'y'))
+    assert no_data.returncode == 2 and 'No image folder at' in no_data.stderr
+
+
+def test_yaml_config_sets_defaults_that_flags_override(tmp_path):
+    recipe = tmp_path / 'recipe.yaml'
+    recipe.write_text('model: resnet32_frelu\nepochs: 3\nlr: 0.2\ndecay_milestones: [1, 2]\n')
+    args = parse_args(['-c', str(recipe), '--lr', '0.05'])
+    assert (args.model, args.epochs, args.lr, args.decay_milestones) == ('resnet32_frelu', 3, 0.05, [1, 2])
+    recipe.write_text('modle: resnet32_frelu\n')
+    with pytest.raises(SystemExit):
+        parse_args(['-c', str(recipe)])
+
+
+def test_ddp_on_cpu_with_two_processes_matches_single_process_evaluation(data_dir, tmp_path):
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', '-m', 'timm_frelu.train',
+           '--dataset', 'folder', '--data-dir', str(data_dir), '--model', 'resnet20_frelu', '--epochs', '1',
+           '--batch-size', '16', '--threads', '1', '--device', 'cpu', '--output', str(tmp_path), '--experiment', 'ddp']
+    result = _run(cmd, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = _summary(tmp_path / 'ddp')
+    check = _run([sys.executable, '-m', 'timm_frelu.validate', '--dataset', 'folder', '--data-dir', str(data_dir),
+                  '--model', 'resnet20_frelu', '--num-classes', '4', '--checkpoint', str(tmp_path / 'ddp' / 'last.pth.tar'),
+                  '--results-file', str(tmp_path / 'check.json')])
+    assert check.returncode == 0, check.stderr[-3000:]
+    results = json.loads((tmp_path / 'check.json').read_text())
+    assert results['count'] == 320
+    assert results['top1'] == pytest.approx(float(row['eval_top1']), abs=1e-6)
+    assert results['loss'] == pytest.approx(float(row['eval_loss']), rel=1e-4)
