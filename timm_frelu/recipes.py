@@ -10,11 +10,10 @@ from typing import Dict, Iterator, Tuple
 import yaml
 
 from .data.constants import CIFAR_NUM_CLASSES
+from .models import ACTS
 
 STUDY_ARCHS = ('resnet18', 'resnet34', 'resnet50')
-STUDY_ACTIVATIONS = ('frelu',)
 CPU_ARCHS = ('resnet20', 'resnet32', 'resnet44', 'resnet56')
-CPU_ACTIVATIONS = ('frelu',)
 DATASETS = ('cifar10', 'cifar100')
 
 STUDY_NOTE = (
@@ -41,8 +40,8 @@ CPU_RECIPE = dict(
 def recipes() -> Iterator[Tuple[str, str, Dict]]:
     """(relative path, header comment, arguments) of every shipped recipe."""
     for group, archs, activations, note, recipe in (
-            ('study', STUDY_ARCHS, STUDY_ACTIVATIONS, STUDY_NOTE, STUDY_RECIPE),
-            ('cpu', CPU_ARCHS, CPU_ACTIVATIONS, CPU_NOTE, CPU_RECIPE)):
+            ('study', STUDY_ARCHS, ACTS, STUDY_NOTE, STUDY_RECIPE),
+            ('cpu', CPU_ARCHS, ACTS, CPU_NOTE, CPU_RECIPE)):
         for arch in archs:
             for act in activations:
                 for dataset in DATASETS:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
+import yaml
 from timm.data import resolve_data_config
 from timm.models import create_model, load_checkpoint
 from timm.utils import ParseKwargs, setup_default_logging
@@ -84,6 +85,7 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
 
     class_names = data.classes + [f'class_{i}' for i in range(len(data.classes), num_classes)]
     return dict(
+        training=_training_run(weights_file),
         model=args.model,
         weights=dict(
             file=str(weights_file.resolve()) if weights_file else None,
@@ -113,6 +115,19 @@ def _weights_file(args: argparse.Namespace, model: torch.nn.Module) -> Optional[
     if path.is_dir():  # local-dir: models
         path = next((path / name for name in ('model.safetensors', 'pytorch_model.bin') if (path / name).is_file()), None)
     return path
+
+
+def _training_run(weights_file: Optional[Path]) -> Optional[Dict[str, Any]]:
+    """What a weights file's training run folder says of it: its args and per-epoch summary."""
+    if weights_file is None or not (weights_file.parent / 'args.yaml').is_file():
+        return None
+    run = yaml.safe_load((weights_file.parent / 'args.yaml').read_text())
+    summary = weights_file.parent / 'summary.csv'
+    return dict(
+        run_dir=str(weights_file.parent.resolve()),
+        summary_csv=str(summary.resolve()) if summary.is_file() else None,
+        **{key: run.get(key) for key in ('model', 'dataset', 'seed', 'epochs', 'config')},
+    )
 
 
 def format_results(results: Dict[str, Any]) -> str:

@@ -1,0 +1,74 @@
+"""The comparison report and the FReLU pictures, on real (tiny) training runs and eval results."""
+import csv
+import json
+import statistics
+
+import pytest
+
+from conftest import make_image_folder
+from timm_frelu.cli import main as cli_main
+from timm_frelu.train import parse_args, train
+from timm_frelu.validate import main as validate_main
+
+PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
+
+
+@pytest.fixture(scope='module')
+def results_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp('report')
+    data = make_image_folder(root / 'data', num_classes=4, per_class=8)
+    files = []
+    for act in ('frelu', 'relu'):
+        for seed in (0, 1):
+            run = train(parse_args([
+                '--dataset', 'folder', '--data-dir', str(data), '--model', f'resnet20_{act}', '--epochs', '2',
+                '--batch-size', '16', '--seed', str(seed), '--threads', '1', '--output', str(root / 'runs'),
+                '--experiment', f'{act}-{seed}']))
+            results = root / f'{act}-{seed}.json'
+            assert validate_main(['--model', f'resnet20_{act}', '--num-classes', '4', '--checkpoint',
+                                  str(run / 'last.pth.tar'), '--dataset', 'folder', '--data-dir', str(data),
+                                  '--results-file', str(results)]) == 0
+            files.append(results)
+    return files
+
+
+def test_report_cells_are_the_mean_and_std_of_their_results_files(results_files, tmp_path):
+    out = tmp_path / 'report'
+    assert cli_main(['report', *map(str, results_files), '--output', str(out)]) == 0
+    with open(out / 'report.csv') as f:
+        rows = {row['act']: row for row in csv.DictReader(f)}
+    assert set(rows) == {'frelu', 'relu'}
+    for act, row in rows.items():
+        files = [p for p in results_files if p.name.startswith(act)]
+        top1 = [json.loads(p.read_text())['top1'] for p in files]
+        assert float(row['top1_mean']) == pytest.approx(statistics.fmean(top1))
+        assert float(row['top1_std']) == pytest.approx(statistics.stdev(top1))
+        assert row['n'] == '2' and row['seeds'] == '0 1'
+        assert set(row['results_files'].split()) == {str(p) for p in files}
+        assert float(row['train_img_per_sec']) > 0 and float(row['infer_img_per_sec']) > 0
+    assert float(rows['frelu']['params_m']) > float(rows['relu']['params_m'])
+    text = (out / 'report.md').read_text()
+    frelu = rows['frelu']
+    assert f"{float(frelu['top1_mean']):.2f} ± {float(frelu['top1_std']):.2f} (n=2)" in text
+    for figure in ('accuracy.png', 'curves.png'):
+        assert (out / figure).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_report_rejects_files_that_are_not_results(tmp_path, capsys):
+    bogus = tmp_path / 'bogus.json'
+    bogus.write_text('{"hello": 1}')
+    with pytest.raises(ValueError, match='not a results file'):
+        cli_main(['report', str(bogus), '--output', str(tmp_path / 'r'), '--no-speed'])
+    assert cli_main(['report', str(tmp_path / 'missing.json')]) == 2
+
+
+def test_show_frelu_draws_kernels_and_conditions(results_files, tmp_path):
+    checkpoint = json.loads(results_files[0].read_text())['weights']['file']
+    assert cli_main(['show-frelu', '--checkpoint', checkpoint, '--num-classes', '4', '--output', str(tmp_path)]) == 0
+    for figure in ('kernels.png', 'conditions.png'):
+        assert (tmp_path / figure).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_show_frelu_needs_a_frelu_model(tmp_path):
+    with pytest.raises(ValueError, match='no FReLU layers'):
+        cli_main(['show-frelu', '--model', 'resnet20_relu', '--output', str(tmp_path)])
