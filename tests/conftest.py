@@ -4,6 +4,8 @@ from pathlib import Path
 
 # No test may reach the internet; the hub client reads this when it is first imported.
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
+# The test Hub server speaks the classic LFS upload protocol, not Xet.
+os.environ['HF_HUB_DISABLE_XET'] = '1'
 # Unpacked archives and decoded tensors go to a cache of this test session, not the user's.
 os.environ['TIMM_FRELU_CACHE'] = tempfile.mkdtemp(prefix='timm-frelu-test-cache-')
 

@@ -16,4 +16,4 @@ def test_models_command_prints_every_model(capsys):
     assert main(['models']) == 0
     out = capsys.readouterr().out
     for depth in (18, 20, 32, 34, 44, 50, 56, 101, 110, 152):
-        assert f'`resnet{depth}_frelu`' in out
+        assert f'| `resnet{depth}` |' in out

@@ -52,6 +52,25 @@ def _show_frelu(args: argparse.Namespace) -> int:
     return 0
 
 
+def _publish(args: argparse.Namespace) -> int:
+    from .hub import publish
+    folder = publish(Path(args.source), args.name, output_root=Path(args.output) if args.output else None,
+                     checkpoint=args.checkpoint, weights=args.weights, dtype=args.dtype,
+                     eval_datasets=args.eval_dataset, data_dir=args.data_dir, figure=not args.no_figure)
+    print(f'published {folder}')
+    print((folder / 'results.json').read_text())
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from .hub import push
+    url = push(Path(args.folder), repo_id=args.repo_id, endpoint=args.endpoint, revision=args.revision,
+               private=args.private, dry_run=args.dry_run)
+    if url:
+        print(f'pushed: {url}')
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog='timm-frelu', description='FReLU (Funnel activation) models for timm.')
     commands = parser.add_subparsers(dest='command', required=True)
@@ -80,8 +99,33 @@ def main(argv: Optional[List[str]] = None) -> int:
     show.add_argument('--image-index', type=int, default=0)
     show.add_argument('--output', default='output/frelu')
     show.set_defaults(run=_show_frelu)
+    publish = commands.add_parser('publish', help='export a training run into checkpoints/<name>.<tag>/ with its card')
+    publish.add_argument('source', help='a training run folder, or a checkpoint file in one')
+    publish.add_argument('--name', required=True, help='<model>.<tag>, e.g. resnet20_frelu.cifar10')
+    publish.add_argument('--output', default=None, help='parent folder (default: the checkpoints folder)')
+    publish.add_argument('--checkpoint', choices=('last', 'best'), default='last', help='which checkpoint of a run folder')
+    publish.add_argument('--weights', choices=('auto', 'ema', 'model'), default='auto', help='auto: EMA when the run kept one')
+    publish.add_argument('--dtype', choices=('float16', 'float32', 'bfloat16'), default='float16', help='storage dtype')
+    publish.add_argument('--eval-dataset', nargs='+', default=['shared/cifar10-jpeg', 'shared/cifar10-lossless'])
+    publish.add_argument('--data-dir', default=None)
+    publish.add_argument('--no-figure', action='store_true', help='skip the FReLU figure')
+    publish.set_defaults(run=_publish)
+    push = commands.add_parser('push', help='upload a checkpoint folder to the Hugging Face Hub as one commit')
+    push.add_argument('folder')
+    push.add_argument('--repo-id', default=None, help='default: timm-frelu/<folder name>')
+    push.add_argument('--endpoint', default=None, help='default: $HF_ENDPOINT or huggingface.co')
+    push.add_argument('--revision', default=None)
+    push.add_argument('--private', action='store_true')
+    push.add_argument('--dry-run', action='store_true', help='print what would be sent, send nothing')
+    push.set_defaults(run=_push)
     args = parser.parse_args(argv)
-    return args.run(args)
+    from .data import DataError
+    from .hub import PublishError, PushError
+    try:
+        return args.run(args)
+    except (PublishError, PushError, DataError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
 
 
 if __name__ == '__main__':

@@ -13,7 +13,8 @@ from typing import List
 from .data import DataError, load_split
 from .models._weights import shipped_weights
 from .train import main as train_main
-from .validate import format_results, parser as validate_parser, validate, write_json_atomic
+from .fileio import write_json_atomic
+from .validate import format_results, parser as validate_parser, validate
 
 DEFAULT_MODEL, DEFAULT_TAG = 'resnet20_frelu', 'cifar10'
 QUICK_TRAINING = [

@@ -21,8 +21,6 @@ the killed run would have done from that epoch on.
 """
 import argparse
 import logging
-import math
-import os
 import sys
 import time
 from collections import OrderedDict
@@ -48,6 +46,7 @@ import timm_frelu  # noqa: F401  registers the FReLU models
 from timm_frelu.data import DataError, TensorLoader, load_split
 from timm_frelu.data.sources import check_same_size
 from timm_frelu.evaluation import evaluate
+from timm_frelu.fileio import write_text_atomic
 
 _logger = logging.getLogger('train')
 
@@ -157,12 +156,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(remaining)
     args.config = args_config.config
     return args
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _output_dir(args: argparse.Namespace) -> Path:
@@ -327,7 +320,7 @@ def train(args: argparse.Namespace) -> Path:
         output_dir.mkdir(parents=True, exist_ok=True)
         args_record = dict(vars(args), num_classes=num_classes, train_data=train_set.source,
                            eval_data=eval_set.source if eval_set else None)
-        _write_text_atomic(output_dir / 'args.yaml', yaml.safe_dump(args_record, sort_keys=False))
+        write_text_atomic(output_dir / 'args.yaml', yaml.safe_dump(args_record, sort_keys=False))
         saver = CheckpointSaver(model, optimizer, args=args, model_ema=model_ema, amp_scaler=loss_scaler,
                                 checkpoint_dir=str(output_dir), recovery_dir=str(output_dir),
                                 decreasing='loss' in args.eval_metric, max_history=args.checkpoint_hist)

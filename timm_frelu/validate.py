@@ -11,9 +11,7 @@ file and of the evaluated pixels, are printed as a table and written as JSON wit
         --dataset shared/cifar10-lossless --results-file results.json
 """
 import argparse
-import json
 import logging
-import os
 import sys
 from contextlib import nullcontext
 from functools import partial
@@ -28,7 +26,7 @@ from timm.utils import ParseKwargs, setup_default_logging
 
 import timm_frelu  # noqa: F401  registers the FReLU models
 from timm_frelu.data import DataError, TensorLoader, load_split
-from timm_frelu.data.shared import file_sha256
+from timm_frelu.fileio import file_sha256, write_json_atomic
 from timm_frelu.evaluation import evaluate
 
 _logger = logging.getLogger('validate')
@@ -142,13 +140,6 @@ def format_results(results: Dict[str, Any]) -> str:
         'per-class top-1: ' + ', '.join(f'{name} {acc:.1f}' for name, acc in results['per_class_top1'].items()),
     ]
     return '\n'.join(lines)
-
-
-def write_json_atomic(path: Path, payload: Dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(json.dumps(payload, indent=2) + '\n')
-    os.replace(tmp, path)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

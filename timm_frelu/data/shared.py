@@ -3,7 +3,6 @@
 The archives are read-only: each is checked against ``SHA256SUMS`` and unpacked once into the
 cache folder, never next to itself.
 """
-import hashlib
 import os
 import shutil
 import tarfile
@@ -11,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Dict, Tuple
 
+from ..fileio import file_sha256
 from .errors import DataError
 
 SHARED_DATA_ENV = 'TIMM_FRELU_SHARED_DATA'
@@ -32,14 +32,6 @@ def shared_data_dir() -> Path:
 def cache_dir() -> Path:
     env = os.environ.get(CACHE_ENV)
     return Path(env) if env else Path.home() / '.cache' / 'timm_frelu'
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _expected_sums(folder: Path) -> Dict[str, str]:

@@ -27,7 +27,6 @@ A name without a tag resolves to its first tag, ``cifar10``, as everywhere in ti
 from typing import Any, Dict, Optional, Tuple, Type, Union
 
 import torch.nn as nn
-from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import LayerType, create_classifier, get_act_layer, get_norm_layer
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
@@ -35,7 +34,7 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet, make_blocks
 
 from ..data.constants import CIFAR_MEAN_STD, CIFAR_NUM_CLASSES
 from ..layers import BLOCK_ACTIVATIONS, create_block_act
-from ._weights import checkpoints_dir, hub_repo_id, shipped_weights
+from ._weights import WeightsNotFound, checkpoints_dir, hub_repo_id, pretrained_weights, shipped_weights
 
 __all__ = ['ActResNet', 'CifarResNet', 'ACT_LAYOUTS', 'STEMS', 'set_block_activations']
 
@@ -181,19 +180,21 @@ def _create_resnet(variant: str, pretrained: bool = False, stem: str = 'cifar', 
                 f"stem='cifar'. Use pretrained=False with stem='imagenet'.")
         model_cls = ActResNet
         kwargs['pretrained_cfg_overlay'] = dict(_IMAGENET_STEM_CFG, **(kwargs.get('pretrained_cfg_overlay') or {}))
+    if pretrained:
+        # Resolve and verify the weights here, so that timm loads one checked local file.
+        cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
+        try:
+            weights = pretrained_weights(cfg)
+        except WeightsNotFound as err:
+            name = f'{variant}.{cfg.tag}' if cfg.tag else variant
+            raise RuntimeError(
+                f'No pretrained weights could be loaded for {name}: none are shipped in '
+                f'{checkpoints_dir() / name}, and {err}. Use pretrained=False, train weights with the '
+                f"training script, or load a file with pretrained_cfg_overlay=dict(file='model.safetensors').") from None
+        kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, file=str(weights), source='')
     # The stem and every stage are feature levels; timm's default assumes four stages.
     feature_cfg = dict(out_indices=tuple(range(len(channels) + 1)))
-    try:
-        return build_model_with_cfg(model_cls, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
-    except (HfHubHTTPError, EntryNotFoundError, OfflineModeIsEnabled) as err:
-        cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
-        name = f'{variant}.{cfg.tag}'
-        reason = str(err).strip().splitlines()[0]
-        raise RuntimeError(
-            f'No pretrained weights could be loaded for {name}: none are shipped in '
-            f'{checkpoints_dir() / name}, and the Hugging Face Hub repo {cfg.hf_hub_id} could not be used '
-            f'({type(err).__name__}: {reason}). Use pretrained=False, train weights with the training '
-            f"script, or load a file with pretrained_cfg_overlay=dict(file='model.safetensors').") from None
+    return build_model_with_cfg(model_cls, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
 
 
 def _cifar_resnet(depth: int) -> Dict[str, Any]:

@@ -1,0 +1,2 @@
+from .publish import PublishError, publish
+from .push import PushError, push

@@ -1,0 +1,146 @@
+"""The model card (``README.md``) of a published checkpoint, made from its results and recipe.
+
+Metadata goes through huggingface_hub's ``ModelCardData`` (``model-index`` included), so the Hub
+reads it as it reads any card; every number in the text comes from ``results.json``.
+"""
+from pathlib import Path
+from typing import Any, Dict
+
+import yaml
+from huggingface_hub import EvalResult, ModelCardData
+
+from ..models import ACTS
+from ..models._weights import hub_repo_id
+from ..summary import model_summary
+
+ACT_TITLES = dict(frelu='FReLU (Funnel activation)', relu='ReLU', swish='Swish (SiLU)', mish='Mish',
+                  dyrelua='DY-ReLU-A', dyrelub='DY-ReLU-B')
+DATA_DESCRIPTIONS = {
+    'shared/cifar10-jpeg': 'the CIFAR-10 test set as lossy JPEG (quality ~75; not the official pixels), 10,000 images',
+    'shared/cifar10-lossless': 'the first 1,000 images of the official CIFAR-10 test set, original pixels',
+    'torch/cifar10': 'the official CIFAR-10 test set (torchvision), 10,000 images',
+    'torch/cifar100': 'the official CIFAR-100 test set (torchvision), 10,000 images',
+}
+RECIPE_KEYS = ('epochs', 'opt', 'lr', 'momentum', 'weight_decay', 'batch_size', 'sched', 'decay_milestones',
+               'warmup_epochs', 'smoothing', 'model_ema', 'model_ema_decay', 'mixup', 'cutmix', 'aa', 'cutout',
+               'crop_padding', 'hflip', 'seed', 'dataset')
+
+CITATION = '''@inproceedings{ma2020funnel,
+  title={Funnel Activation for Visual Recognition},
+  author={Ma, Ningning and Zhang, Xiangyu and Sun, Jian},
+  booktitle={European Conference on Computer Vision (ECCV)},
+  year={2020}
+}'''
+
+
+def _data_label(result: Dict[str, Any]) -> str:
+    data = result['data']
+    return f"{data['dataset']}/{data['split']}"
+
+
+def render_card(name_tag: str, results: Dict[str, Any], run_args: Dict[str, Any], folder: Path, has_figure: bool) -> str:
+    name, tag = name_tag.split('.', 1)
+    arch, _, act = name.rpartition('_')
+    cost = model_summary(name)
+    evaluations = results['evaluations']
+    card_data = ModelCardData(
+        library_name='timm',
+        license='apache-2.0',
+        tags=['image-classification', 'timm', 'cifar', act] + (['frelu', 'funnel-activation'] if act == 'frelu' else []),
+        datasets=[tag],
+        model_name=name_tag,
+        eval_results=[
+            EvalResult(task_type='image-classification', dataset_type=tag, dataset_name=_data_label(r),
+                       dataset_config=r['data']['dataset'], dataset_split=r['data']['split'], metric_type='accuracy', metric_name='top-1 accuracy',
+                       metric_value=round(r['top1'], 2))
+            for r in evaluations
+        ],
+    )
+    layout = (run_args.get('model_kwargs') or {}).get('act_layout', 'paper')
+    # Options that are off say nothing; milestones only matter to a multistep schedule.
+    recipe = {k: run_args[k] for k in RECIPE_KEYS if k in run_args and (run_args[k] or k == 'seed')
+              and (k != 'decay_milestones' or run_args.get('sched') == 'multistep')}
+    command = 'python -m timm_frelu.train'
+    if run_args.get('config'):
+        command += f" -c {run_args['config']}"
+    if run_args.get('dataset'):
+        command += f" --dataset {run_args['dataset']} --seed {run_args.get('seed')}"
+    lines = [
+        f'---\n{card_data.to_yaml()}\n---',
+        f'# {name_tag}',
+        '',
+        f'`{arch}` with **{ACT_TITLES.get(act, act)}** in its residual blocks, trained on {tag.upper()}, for '
+        f'[timm](https://github.com/huggingface/pytorch-image-models) with the timm-frelu plugin. '
+        f'Hub repo: `{hub_repo_id(name, tag)}`.',
+        '',
+    ]
+    if act == 'frelu':
+        lines += [
+            'FReLU is the **Funnel activation** of Ma, Zhang and Sun (ECCV 2020, arXiv:2007.11824): '
+            '`y = max(x, BN(DepthwiseConv3x3(x)))`, a ReLU whose threshold is a learned spatial condition. '
+            'It is not the unrelated "Flexible ReLU" (arXiv:1706.08098).',
+            '',
+        ]
+    elif act in ACTS:
+        lines += [f'This is a baseline of the timm-frelu zoo: the same network as `{arch}_frelu` with '
+                  f'{ACT_TITLES[act]} where that model has FReLU.', '']
+    lines += [
+        '## Architecture',
+        '',
+        f'- activation layout: `{layout}` (`paper`: the residual blocks of stages 1-3; stem and stage 4 keep ReLU)',
+        '- stem: CIFAR (3x3 stride-1 conv, no max-pool); input 32x32',
+        f"- params: {cost['params'] / 1e6:.3f} M; MACs: {cost['macs'] / 1e9:.3f} G per 32x32 image "
+        '(convolutions and linear layers)',
+        '',
+        '## Results',
+        '',
+        f"Measured by `timm_frelu.validate` on this repo's `model.safetensors` ({results['weights_dtype']}, "
+        f"{'EMA weights' if results['weights'] == 'ema' else 'final weights, no EMA'}, "
+        f"SHA256 `{results['weights_sha256']}`), without test-time augmentation:",
+        '',
+        '| test data | images | top-1 (%) | top-5 (%) | loss |',
+        '| --- | --- | --- | --- | --- |',
+    ]
+    for r in evaluations:
+        lines.append(f"| {DATA_DESCRIPTIONS.get(r['data']['dataset'], _data_label(r))} (`{_data_label(r)}`) | "
+                     f"{r['count']} | {r['top1']:.2f} | {r['top5']:.2f} | {r['loss']:.4f} |")
+    lines += ['', 'Per-class top-1 and the SHA256 of the evaluated pixels are in `results.json`.', '']
+    if has_figure:
+        lines += ['## What FReLU learned', '',
+                  'For one test image, at every FReLU layer: the input x of one channel, its funnel condition '
+                  'T(x), where max picks T(x), and in what share of channels it does.', '', '![funnel conditions](frelu.png)', '']
+    lines += ['## Training', '']
+    if recipe:
+        lines += ['```yaml', yaml.safe_dump(recipe, sort_keys=False).strip(), '```', '']
+        if run_args.get('dataset'):
+            lines += [f'Command: `{command}`. Full arguments: `recipe.yaml`; epoch by epoch: `summary.csv`.', '']
+    else:
+        lines += ['No training arguments were recorded with this checkpoint.', '']
+    lines += [
+        '## Usage',
+        '',
+        '```python',
+        'import timm, torch',
+        'import timm_frelu  # registers the architectures',
+        '',
+        f"model = timm.create_model('{name_tag}', pretrained=True).eval()  # or 'hf-hub:{hub_repo_id(name, tag)}'",
+        'cfg = timm.data.resolve_data_config({}, model=model)  # 32x32, CIFAR mean/std',
+        'transform = timm.data.create_transform(**cfg)',
+        'logits = model(transform(image).unsqueeze(0))  # image: a PIL image',
+        'features = model.forward_features(torch.randn(1, 3, 32, 32))',
+        f"finetuned = timm.create_model('{name_tag}', pretrained=True, num_classes=5)  # new head",
+        '```',
+        '',
+        'Fine-tune with `python -m timm_frelu.train --model {0} --pretrained --dataset folder --data-dir DIR '
+        '--num-classes N`.'.format(name_tag),
+        '',
+        '## Limitations',
+        '',
+        '- Trained and tested at 32x32 on CIFAR-sized images; not an ImageNet model.',
+    ]
+    if any(r['data']['dataset'] == 'shared/cifar10-jpeg' for r in evaluations) or run_args.get('dataset', '').startswith('shared/'):
+        lines.append('- Trained on a lossy JPEG copy of CIFAR-10 (the official archives could not be reached); '
+                     'accuracy on the official test set can differ. The 1,000-image lossless subset is the closer '
+                     'estimate (binomial standard error about ±0.7 points at 95%).')
+    lines += ['', '## Citation', '', '```bibtex', CITATION, '```', '']
+    return '\n'.join(lines)

@@ -1,0 +1,145 @@
+"""Export a training run into a published checkpoint folder ``checkpoints/<name>.<tag>/``:
+
+* ``model.safetensors``: the weights we stand behind, fp16 by default (half the size; the
+  evaluation below is of that file), the EMA weights when the run kept them, no optimizer state;
+* ``config.json``: timm's format, read by ``local-dir:`` and ``hf-hub:`` names;
+* ``results.json``: the SHA256 of the weights and the eval command's results on that file;
+* ``recipe.yaml`` and ``summary.csv``: how it was trained, epoch by epoch;
+* ``README.md``: the model card, generated from all of the above (and ``frelu.png``, what the
+  FReLU layers learned, for FReLU models).
+
+The folder is assembled beside its final place and renamed into it, so an existing folder is
+only replaced by a complete new one.
+"""
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+import yaml
+from safetensors.torch import save_file
+from timm.models import create_model
+from timm.models._hub import save_config_for_hf
+
+from ..fileio import file_sha256, write_json_atomic
+from ..models._weights import RESULTS_FILENAME, WEIGHTS_FILENAME, checkpoints_dir
+from ..validate import parser as validate_parser, validate
+from .card import render_card
+
+DEFAULT_EVAL_DATASETS = ('shared/cifar10-jpeg', 'shared/cifar10-lossless')
+DTYPES = {'float16': torch.float16, 'float32': torch.float32, 'bfloat16': torch.bfloat16}
+
+
+class PublishError(RuntimeError):
+    pass
+
+
+def _load_training_checkpoint(path: Path) -> Dict[str, Any]:
+    if not path.is_file():
+        raise PublishError(f'No checkpoint at {path}; pass a training run folder or a checkpoint file.')
+    # timm's training checkpoints hold the run's argparse.Namespace beside the tensors.
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        try:
+            checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+        except Exception as err:
+            raise PublishError(f'{path} is not a readable checkpoint ({type(err).__name__}: {err}).') from None
+    if 'state_dict' not in checkpoint:
+        raise PublishError(f'{path} holds no state_dict; is it a timm training checkpoint?')
+    return checkpoint
+
+
+def publish(
+        source: Path,
+        name_tag: str,
+        output_root: Optional[Path] = None,
+        checkpoint: str = 'last',
+        weights: str = 'auto',
+        dtype: str = 'float16',
+        eval_datasets: Sequence[str] = DEFAULT_EVAL_DATASETS,
+        data_dir: Optional[str] = None,
+        figure: bool = True,
+) -> Path:
+    """Export ``source`` (a run folder, or a checkpoint file in one) as ``<output_root>/<name_tag>``."""
+    source = Path(source)
+    run_dir = source if source.is_dir() else source.parent
+    checkpoint_file = run_dir / ('model_best.pth.tar' if checkpoint == 'best' else 'last.pth.tar') if source.is_dir() else source
+    state = _load_training_checkpoint(checkpoint_file)
+    if weights == 'auto':
+        weights = 'ema' if 'state_dict_ema' in state else 'model'
+    if weights == 'ema' and 'state_dict_ema' not in state:
+        raise PublishError(f'{checkpoint_file} has no EMA weights; use weights="model".')
+    state_dict = state['state_dict_ema' if weights == 'ema' else 'state_dict']
+    args_file = run_dir / 'args.yaml'
+    run_args = yaml.safe_load(args_file.read_text()) if args_file.is_file() else {}
+
+    name, _, tag = name_tag.partition('.')
+    if not tag:
+        raise PublishError(f'Name the checkpoint as <model>.<tag>, e.g. resnet20_frelu.cifar10, not {name_tag!r}.')
+    model_args = dict(run_args.get('model_kwargs') or {})
+    model = create_model(name_tag, num_classes=state_dict['fc.weight'].shape[0], **model_args)
+    model.load_state_dict(state_dict)
+
+    output_root = Path(output_root) if output_root else checkpoints_dir()
+    output_root.mkdir(parents=True, exist_ok=True)
+    final = output_root / name_tag
+    stage = Path(tempfile.mkdtemp(prefix=f'.{name_tag}.', dir=output_root))
+    try:
+        stored = {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+        save_file(stored, stage / WEIGHTS_FILENAME, metadata={'format': 'pt'})
+        save_config_for_hf(model, str(stage / 'config.json'), model_args=model_args or None)
+        for extra, target in ((args_file, 'recipe.yaml'), (run_dir / 'summary.csv', 'summary.csv')):
+            if extra.is_file():
+                shutil.copy(extra, stage / target)
+
+        sha256 = file_sha256(stage / WEIGHTS_FILENAME)
+        evaluations = _evaluate_stored_file(name_tag, stage / WEIGHTS_FILENAME, eval_datasets, data_dir, model_args)
+        results = dict(
+            model=name_tag, weights_file=WEIGHTS_FILENAME, weights_sha256=sha256, weights_dtype=dtype,
+            weights=weights, source_checkpoint=str(checkpoint_file.resolve()), source_epoch=state.get('epoch'),
+            evaluations=evaluations,
+        )
+        write_json_atomic(stage / RESULTS_FILENAME, results)
+        has_figure = figure and _draw_figure(name_tag, stage, data_dir)
+        (stage / 'README.md').write_text(render_card(name_tag, results, run_args, stage, has_figure))
+
+        # mkdtemp makes a private folder; a published one is readable like any checkout.
+        stage.chmod(0o755)
+        for path in stage.iterdir():
+            path.chmod(0o644)
+        backup = output_root / f'.{name_tag}.old'
+        if final.exists():
+            shutil.rmtree(backup, ignore_errors=True)
+            final.rename(backup)
+        stage.rename(final)
+        shutil.rmtree(backup, ignore_errors=True)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return final
+
+
+def _evaluate_stored_file(name_tag: str, weights: Path, datasets: Sequence[str], data_dir: Optional[str],
+                          model_args: Dict[str, Any]) -> List[Dict[str, Any]]:
+    evaluations = []
+    for dataset in datasets:
+        argv = ['--model', name_tag, '--checkpoint', str(weights), '--dataset', dataset]
+        if data_dir:
+            argv += ['--data-dir', data_dir]
+        if model_args:
+            argv += ['--model-kwargs', *[f'{k}={v}' for k, v in model_args.items()]]
+        result = validate(validate_parser.parse_args(argv))
+        result['weights']['file'] = WEIGHTS_FILENAME  # relative: the folder moves, and ships to the Hub
+        evaluations.append(result)
+    return evaluations
+
+
+def _draw_figure(name_tag: str, stage: Path, data_dir: Optional[str]) -> bool:
+    from ..visualize import show_frelu
+    if not name_tag.split('.')[0].endswith('_frelu'):
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        _, conditions = show_frelu(name_tag, Path(tmp), checkpoint=str(stage / WEIGHTS_FILENAME),
+                                   dataset='shared/cifar10-lossless', data_dir=data_dir)
+        shutil.copy(conditions, stage / 'frelu.png')
+    return True
