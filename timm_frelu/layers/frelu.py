@@ -36,6 +36,8 @@ class FReLU(nn.Module):
         bias: Give the depthwise conv a bias (redundant before BN; see the module docstring).
         inplace: Accepted for compatibility with timm's ``act_layer(inplace=True)`` calls and
             ignored: both branches of the max need the unmodified input.
+        efficient: In training, use the memory-lean custom autograd function (the same outputs and
+            gradients as the reference ops, which run otherwise).
         device, dtype: Where and in which dtype to create the parameters, as for torch layers.
     """
 
@@ -45,6 +47,7 @@ class FReLU(nn.Module):
             kernel_size: int = 3,
             bias: bool = False,
             inplace: bool = False,
+            efficient: bool = True,
             device=None,
             dtype=None,
     ) -> None:
@@ -53,6 +56,7 @@ class FReLU(nn.Module):
         if kernel_size % 2 != 1:
             raise ValueError(f'FReLU kernel_size must be odd to keep the spatial size, got {kernel_size}.')
         self.kernel_size = kernel_size
+        self.efficient = efficient
         self.weight = nn.Parameter(torch.empty(channels, 1, kernel_size, kernel_size, **dd))
         self.bias = nn.Parameter(torch.empty(channels, **dd)) if bias else None
         self.bn = nn.BatchNorm2d(channels, **dd)
@@ -68,8 +72,7 @@ class FReLU(nn.Module):
             nn.init.zeros_(self.bias)
         self.bn.reset_parameters()
 
-    def funnel_condition(self, x: torch.Tensor) -> torch.Tensor:
-        """The spatial condition ``T(x) = BN(depthwise_conv(x))``."""
+    def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4:
             raise ValueError(
                 f'FReLU expects a 4-D (N, C, H, W) input, got shape {list(x.shape)}. '
@@ -78,14 +81,94 @@ class FReLU(nn.Module):
             raise ValueError(
                 f'FReLU was built for {self.weight.shape[0]} channels but got an input with '
                 f'{x.shape[1]}. Build it with FReLU({x.shape[1]}), or use LazyFReLU() to infer the count.')
+
+    def funnel_condition(self, x: torch.Tensor) -> torch.Tensor:
+        """The spatial condition ``T(x) = BN(depthwise_conv(x))``."""
+        self._check_input(x)
         padding = self.kernel_size // 2
         return self.bn(F.conv2d(x, self.weight, self.bias, padding=padding, groups=self.weight.shape[0]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.efficient and not torch.jit.is_scripting() and self._can_use_efficient_training(x):
+            return self._efficient_training_forward(x)
+        if self.efficient and not self.training and type(self.bn) is nn.BatchNorm2d and self.bn.track_running_stats:
+            return torch.maximum(x, self._folded_condition(x))
         return torch.maximum(x, self.funnel_condition(x))
+
+    def _folded_condition(self, x: torch.Tensor) -> torch.Tensor:
+        """T(x) in eval mode with BN folded into the kernel: one pass over the activation, not two."""
+        self._check_input(x)
+        bn = self.bn
+        assert bn.running_var is not None and bn.running_mean is not None
+        scale = torch.rsqrt(bn.running_var + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight
+        shift = -bn.running_mean * scale
+        if self.bias is not None:
+            shift = shift + self.bias * scale
+        if bn.bias is not None:
+            shift = shift + bn.bias
+        weight = (self.weight * scale.view(-1, 1, 1, 1)).to(x.dtype)
+        return F.conv2d(x, weight, shift.to(x.dtype), padding=self.kernel_size // 2, groups=self.weight.shape[0])
+
+    @torch.jit.unused
+    def _can_use_efficient_training(self, x: torch.Tensor) -> bool:
+        """The custom autograd path covers plain fp32/fp16/bf16 training with a stock BatchNorm2d;
+        anything else (eval, autocast, SyncBatchNorm, tracing for export) takes the reference ops."""
+        bn = self.bn
+        return (self.training and torch.is_grad_enabled() and type(bn) is nn.BatchNorm2d and bn.track_running_stats
+                and bn.affine and not torch.is_autocast_enabled(x.device.type) and not torch.compiler.is_compiling()
+                and not torch.jit.is_tracing() and x.dim() == 4)
+
+    @torch.jit.unused
+    def _efficient_training_forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        bn = self.bn
+        if bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+        momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+        return _FReLUTrainFunction.apply(
+            x, self.weight, self.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var, momentum, bn.eps,
+            self.kernel_size // 2)
 
     def extra_repr(self) -> str:
         return f'{self.weight.shape[0]}, kernel_size={self.kernel_size}, bias={self.bias is not None}'
+
+
+class _FReLUTrainFunction(torch.autograd.Function):
+    """FReLU in training mode, keeping for backward only the input, a one-byte mask of where the
+    funnel won, and the BN batch statistics; the depthwise conv is recomputed in backward.
+
+    The reference ops keep the conv output, the BN output and both inputs of the max: two more
+    activation-sized tensors per FReLU than this function's quarter-sized mask.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, bn_weight, bn_bias, running_mean, running_var, momentum, eps, padding):
+        channels = weight.shape[0]
+        conv = F.conv2d(x, weight, bias, padding=padding, groups=channels)
+        condition, batch_mean, batch_invstd = torch.native_batch_norm(
+            conv, bn_weight, bn_bias, running_mean, running_var, True, momentum, eps)
+        funnel_wins = condition > x
+        ctx.save_for_backward(x, weight, bias, bn_weight, batch_mean, batch_invstd, funnel_wins)
+        ctx.eps, ctx.padding = eps, padding
+        return torch.maximum(condition, x)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, bias, bn_weight, batch_mean, batch_invstd, funnel_wins = ctx.saved_tensors
+        channels = weight.shape[0]
+        grad_condition = grad_out * funnel_wins
+        grad_x = grad_out - grad_condition
+        conv = F.conv2d(x, weight, bias, padding=ctx.padding, groups=channels)
+        grad_conv, grad_bn_weight, grad_bn_bias = torch.ops.aten.native_batch_norm_backward(
+            grad_condition, conv, bn_weight, None, None, batch_mean, batch_invstd, True, ctx.eps, [True, True, True])
+        grad_x_conv, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+            grad_conv, x, weight, [channels] if bias is not None else None, [1, 1], [ctx.padding] * 2, [1, 1],
+            False, [0, 0], channels, [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None])
+        if grad_x_conv is not None:
+            grad_x = grad_x_conv.add_(grad_x)
+        return grad_x, grad_weight, grad_bias, grad_bn_weight, grad_bn_bias, None, None, None, None, None
 
 
 class LazyFReLU(LazyModuleMixin, FReLU):

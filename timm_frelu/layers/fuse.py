@@ -1,0 +1,68 @@
+"""Inference-time folding of BatchNorm into the conv before it, FReLU's funnel included."""
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from .frelu import FReLU
+
+__all__ = ['FusedFReLU', 'fuse']
+
+
+class FusedFReLU(nn.Module):
+    """``max(x, depthwise_conv(x) + b)``: an eval-mode FReLU with its BN folded into the kernel."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, kernel_size: int) -> None:
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.bias = nn.Parameter(bias, requires_grad=False)
+
+    @classmethod
+    def from_frelu(cls, frelu: FReLU) -> 'FusedFReLU':
+        channels = frelu.weight.shape[0]
+        conv = nn.Conv2d(channels, channels, frelu.kernel_size, padding=frelu.kernel_size // 2, groups=channels,
+                         bias=frelu.bias is not None).to(frelu.weight)
+        conv.weight.data.copy_(frelu.weight.data)
+        if frelu.bias is not None:
+            conv.bias.data.copy_(frelu.bias.data)
+        fused = fuse_conv_bn_eval(conv.eval(), frelu.bn.eval())
+        return cls(fused.weight.detach(), fused.bias.detach(), frelu.kernel_size).eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            raise RuntimeError('A fused FReLU holds its BN statistics folded into the kernel and cannot train; '
+                               'train or fine-tune the unfused model and fuse it again.')
+        funnel = F.conv2d(x, self.weight, self.bias, padding=self.kernel_size // 2, groups=self.weight.shape[0])
+        return torch.maximum(x, funnel)
+
+
+def _fold_pairs(module: nn.Module) -> None:
+    # timm's ResNets name each conv and its BN conv1/bn1, conv2/bn2, ...; downsample paths are
+    # Sequential(conv, bn).
+    for i in ('1', '2', '3'):
+        conv, bn = getattr(module, f'conv{i}', None), getattr(module, f'bn{i}', None)
+        if type(conv) is nn.Conv2d and isinstance(bn, nn.BatchNorm2d):
+            setattr(module, f'conv{i}', fuse_conv_bn_eval(conv, bn))
+            setattr(module, f'bn{i}', nn.Identity())
+    if isinstance(module, nn.Sequential):
+        for j in range(len(module) - 1):
+            if type(module[j]) is nn.Conv2d and isinstance(module[j + 1], nn.BatchNorm2d):
+                module[j] = fuse_conv_bn_eval(module[j], module[j + 1])
+                module[j + 1] = nn.Identity()
+    for name, child in module.named_children():
+        if isinstance(child, FReLU):
+            setattr(module, name, FusedFReLU.from_frelu(child))
+
+
+@torch.no_grad()
+def fuse(model: nn.Module) -> nn.Module:
+    """An eval-only copy of a timm ResNet-style model with every BN folded into its conv: the
+    main path's (conv/bn pairs and Sequential downsamples) and each FReLU's funnel. Its outputs
+    match the unfused model in eval mode up to float rounding."""
+    fused = copy.deepcopy(model).eval()
+    for module in list(fused.modules()):
+        _fold_pairs(module)
+    return fused
