@@ -71,6 +71,11 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from .sweep import main as sweep_main
+    return sweep_main(args.sweep_args)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog='timm-frelu', description='FReLU (Funnel activation) models for timm.')
     commands = parser.add_subparsers(dest='command', required=True)
@@ -118,12 +123,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     push.add_argument('--private', action='store_true')
     push.add_argument('--dry-run', action='store_true', help='print what would be sent, send nothing')
     push.set_defaults(run=_push)
+    sweep = commands.add_parser('sweep', help='run an Optuna sweep of training arguments', add_help=False)
+    sweep.add_argument('sweep_args', nargs=argparse.REMAINDER)
+    sweep.set_defaults(run=_sweep)
     args = parser.parse_args(argv)
     from .data import DataError
     from .hub import PublishError, PushError
     try:
         return args.run(args)
-    except (PublishError, PushError, DataError) as err:
+    except (PublishError, PushError, DataError, ValueError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
 

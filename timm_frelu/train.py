@@ -27,7 +27,7 @@ from collections import OrderedDict
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -222,8 +222,12 @@ def train_one_epoch(epoch, model, loader, optimizer, loss_fn, args, lr_scheduler
                        img_per_sec=seen * args.world_size / epoch_time), num_updates
 
 
-def train(args: argparse.Namespace) -> Path:
-    """Run the training that ``args`` describes; returns the output folder."""
+def train(args: argparse.Namespace, epoch_callback: Optional[Callable[[int, Dict[str, float]], None]] = None) -> Path:
+    """Run the training that ``args`` describes; returns the output folder.
+
+    ``epoch_callback(epoch, metrics)`` runs after each epoch's checkpoint with the summary row's
+    metrics (``train_loss``, ``eval_loss``, ``eval_top1``, ...); an exception it raises ends the run.
+    """
     if args.threads:
         torch.set_num_threads(args.threads)
     device = init_distributed_device(args)
@@ -337,7 +341,7 @@ def train(args: argparse.Namespace) -> Path:
     try:
         _train_epochs(args, start_epoch, num_epochs, model, model_ema, optimizer, train_loss_fn, lr_scheduler,
                       autocast, loss_scaler, mixup_fn, loader_train, loader_eval, num_classes, num_updates,
-                      saver, progress, summary_csv)
+                      saver, progress, summary_csv, epoch_callback)
     except NonFiniteLossError as err:
         last = output_dir / 'last.pth.tar'
         kept = f'the last good checkpoint, {last}, is kept' if last.exists() else 'no checkpoint had been written yet'
@@ -352,7 +356,7 @@ def train(args: argparse.Namespace) -> Path:
 
 def _train_epochs(args, start_epoch, num_epochs, model, model_ema, optimizer, train_loss_fn, lr_scheduler,
                   autocast, loss_scaler, mixup_fn, loader_train, loader_eval, num_classes, num_updates,
-                  saver, progress, summary_csv):
+                  saver, progress, summary_csv, epoch_callback):
     for epoch in range(start_epoch, num_epochs):
         random_seed(args.seed + epoch, args.rank)  # every random stream is a function of (seed, epoch)
         loader_train.set_epoch(epoch)
@@ -383,6 +387,9 @@ def _train_epochs(args, start_epoch, num_epochs, model, model_ema, optimizer, tr
                 + (f'eval top-1 {eval_metrics["top1"]:.2f}%, ' if eval_metrics else '')
                 + f'{train_metrics["img_per_sec"]:.1f} img/s, {train_metrics["epoch_time"]:.1f} s'
                 + (f'; best {args.eval_metric} {best_metric:.2f} (epoch {best_epoch})' if best_metric is not None else ''))
+        if epoch_callback is not None:
+            epoch_callback(epoch, {**{f'train_{k}': v for k, v in train_metrics.items()},
+                                   **{f'eval_{k}': v for k, v in eval_metrics.items()}})
 
 
 def _wandb_ready() -> bool:

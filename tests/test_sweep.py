@@ -1,0 +1,154 @@
+"""Sweeps: an SQLite study that survives a kill, and two workers sharing one PostgreSQL study."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from glob import glob
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from conftest import make_image_folder
+from timm_frelu.sweep import load_sweep, run_sweep, write_report
+from timm_frelu.train import parse_args
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@pytest.fixture(scope='module')
+def sweep_file(tmp_path_factory):
+    root = tmp_path_factory.mktemp('sweep')
+    data = make_image_folder(root / 'data', num_classes=3, per_class=8)
+    spec = dict(
+        study_name='tiny',
+        args=dict(dataset='folder', data_dir=str(data), epochs=2, batch_size=12, threads=1, log_interval=100),
+        params=dict(model=dict(type='categorical', choices=['resnet20_frelu', 'resnet20_relu']),
+                    lr=dict(type='float', low=0.001, high=0.1, log=True)),
+        objective=dict(metric='eval_top1', direction='maximize'),
+        sampler='random', pruner='median', n_trials=3,
+    )
+    path = root / 'tiny.yaml'
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _sweep_cmd(sweep_file, output, *extra):
+    return [sys.executable, '-m', 'timm_frelu.cli', 'sweep', str(sweep_file), '--output', str(output), *extra]
+
+
+def test_sqlite_sweep_report_and_best_config(sweep_file, tmp_path):
+    spec = load_sweep(sweep_file)
+    study = run_sweep(spec, tmp_path, seed=0)
+    trials = study.get_trials(states=FINISHED)
+    assert len(trials) == 3 and (tmp_path / 'tiny' / 'study.db').is_file()
+    for t in trials:
+        run = Path(t.user_attrs['run_dir'])
+        assert (run / 'args.yaml').is_file() and (run / 'summary.csv').is_file()
+    paths = write_report(study, spec, tmp_path)
+    report = paths['report'].read_text()
+    best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    assert f'| 1 | {best.number} | {best.value:.4f} |' in report
+    for figure in ('history', 'importance'):
+        assert paths[figure].read_bytes().startswith(b'\x89PNG')
+    best_args = parse_args(['-c', str(paths['best'])])
+    assert best_args.model == best.params['model'] and best_args.lr == pytest.approx(best.params['lr'])
+
+
+def test_killed_sweep_resumes_without_losing_finished_trials(sweep_file, tmp_path):
+    process = subprocess.Popen(_sweep_cmd(sweep_file, tmp_path, '--n-trials', '4', '--seed', '1'),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    storage = f"sqlite:///{tmp_path / 'tiny' / 'study.db'}"
+    deadline = time.time() + 300
+    finished = []
+    try:
+        while time.time() < deadline and process.poll() is None:
+            if (tmp_path / 'tiny' / 'study.db').exists():
+                try:
+                    finished = optuna.load_study(study_name='tiny', storage=storage).get_trials(states=FINISHED)
+                except (KeyError, Exception):
+                    finished = []
+                if len(finished) >= 2:
+                    break
+            time.sleep(0.2)
+        assert process.poll() is None, 'the sweep ended before it could be killed'
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    before = {t.number: t.value for t in optuna.load_study(study_name='tiny', storage=storage).get_trials(states=FINISHED)}
+    assert len(before) >= 2
+    result = subprocess.run(_sweep_cmd(sweep_file, tmp_path, '--n-trials', '4'), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = {t.number: t.value for t in optuna.load_study(study_name='tiny', storage=storage).get_trials(states=FINISHED)}
+    assert len(after) == 4
+    assert all(after[n] == v for n, v in before.items())
+    assert 'Best configuration' in result.stdout
+
+
+def _postgres_bin(name):
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob(f'/usr/lib/postgresql/*/bin/{name}'))
+    return candidates[-1] if candidates else None
+
+
+@pytest.fixture
+def postgres(tmp_path):
+    initdb, pg_ctl = _postgres_bin('initdb'), _postgres_bin('pg_ctl')
+    if not (initdb and pg_ctl):
+        pytest.skip("PostgreSQL is not installed (Debian's postgresql package; .ci/run installs it)")
+    pytest.importorskip('psycopg2', reason='psycopg2 is not installed (pip install psycopg2-binary)')
+    # The server refuses to run as root; Debian's package creates the postgres user, who must
+    # reach the data folder (pytest's own tmp folders are private to root).
+    data = Path(tempfile.mkdtemp(prefix='timm-frelu-pg-'))
+    as_postgres = ['runuser', '-u', 'postgres', '--'] if os.geteuid() == 0 else []
+    if as_postgres:
+        shutil.chown(data, 'postgres')
+    subprocess.run(as_postgres + [initdb, '-D', str(data), '-U', 'postgres', '--auth=trust'], check=True,
+                   capture_output=True)
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    subprocess.run(as_postgres + [pg_ctl, '-D', str(data), '-w', '-l', str(data / 'server.log'), '-o',
+                                  f'-p {port} -c listen_addresses=127.0.0.1 -k {data}', 'start'], check=True,
+                   capture_output=True)
+    try:
+        import psycopg2
+        connection = psycopg2.connect(host='127.0.0.1', port=port, user='postgres', dbname='postgres')
+        connection.autocommit = True
+        connection.cursor().execute('CREATE DATABASE optuna')
+        connection.close()
+        yield f'postgresql+psycopg2://postgres@127.0.0.1:{port}/optuna'
+    finally:
+        subprocess.run(as_postgres + [pg_ctl, '-D', str(data), '-m', 'fast', 'stop'], capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_two_workers_share_one_postgresql_study(sweep_file, postgres, tmp_path):
+    cmd = _sweep_cmd(sweep_file, tmp_path, '--storage', postgres, '--n-trials', '4')
+    # Create the study once, so the two workers do not race to create it.
+    optuna.create_study(study_name='tiny', storage=postgres, direction='maximize')
+    workers = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for worker in workers:
+        _, err = worker.communicate(timeout=600)
+        assert worker.returncode == 0, err[-3000:]
+    trials = optuna.load_study(study_name='tiny', storage=postgres).get_trials()
+    finished = [t for t in trials if t.state in FINISHED]
+    assert 4 <= len(finished) <= 5  # a worker stops once 4 have finished; one may be mid-trial then
+    numbers = [t.number for t in trials]
+    assert len(set(numbers)) == len(numbers)
+    by_worker = {}
+    for t in finished:
+        by_worker.setdefault(t.user_attrs['worker'], []).append(t.number)
+    assert len(by_worker) == 2 and sum(len(v) for v in by_worker.values()) == len(finished)
+    run_dirs = [t.user_attrs['run_dir'] for t in finished]
+    assert len(set(run_dirs)) == len(run_dirs) and all((Path(d) / 'summary.csv').is_file() for d in run_dirs)
