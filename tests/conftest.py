@@ -1,6 +1,10 @@
 import os
+import signal
+import subprocess
 import tempfile
+import time
 from pathlib import Path
+from typing import Callable, List
 
 # No test may reach the internet; the hub client reads this when it is first imported.
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
@@ -34,3 +38,19 @@ def make_image_folder(root: Path, num_classes: int, per_class: int, size: int = 
 @pytest.fixture(autouse=True)
 def _seeded():
     torch.manual_seed(0)
+
+
+def kill_when(cmd: List[str], ready: Callable[[], bool], settle: float = 0.0, timeout: float = 300) -> None:
+    """Start ``cmd``, wait until ``ready()``, then ``kill -9`` it (after ``settle`` seconds)."""
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + timeout
+        while time.time() < deadline and process.poll() is None and not ready():
+            time.sleep(0.1)
+        time.sleep(settle)
+        assert process.poll() is None, 'the process ended before it could be killed'
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()

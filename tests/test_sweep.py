@@ -1,12 +1,10 @@
 """Sweeps: an SQLite study that survives a kill, and two workers sharing one PostgreSQL study."""
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 from glob import glob
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from conftest import make_image_folder
+from conftest import kill_when, make_image_folder
 from timm_frelu.sweep import load_sweep, run_sweep, write_report
 from timm_frelu.train import parse_args
 
@@ -62,27 +60,15 @@ def test_sqlite_sweep_report_and_best_config(sweep_file, tmp_path):
 
 
 def test_killed_sweep_resumes_without_losing_finished_trials(sweep_file, tmp_path):
-    process = subprocess.Popen(_sweep_cmd(sweep_file, tmp_path, '--n-trials', '4', '--seed', '1'),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     storage = f"sqlite:///{tmp_path / 'tiny' / 'study.db'}"
-    deadline = time.time() + 300
-    finished = []
-    try:
-        while time.time() < deadline and process.poll() is None:
-            if (tmp_path / 'tiny' / 'study.db').exists():
-                try:
-                    finished = optuna.load_study(study_name='tiny', storage=storage).get_trials(states=FINISHED)
-                except (KeyError, Exception):
-                    finished = []
-                if len(finished) >= 2:
-                    break
-            time.sleep(0.2)
-        assert process.poll() is None, 'the sweep ended before it could be killed'
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    finally:
-        if process.poll() is None:
-            process.kill()
+
+    def finished_trials():
+        try:
+            return optuna.load_study(study_name='tiny', storage=storage).get_trials(states=FINISHED)
+        except Exception:  # the study is not created yet
+            return []
+
+    kill_when(_sweep_cmd(sweep_file, tmp_path, '--n-trials', '4', '--seed', '1'), lambda: len(finished_trials()) >= 2)
     before = {t.number: t.value for t in optuna.load_study(study_name='tiny', storage=storage).get_trials(states=FINISHED)}
     assert len(before) >= 2
     result = subprocess.run(_sweep_cmd(sweep_file, tmp_path, '--n-trials', '4'), capture_output=True, text=True, timeout=600)

@@ -4,17 +4,15 @@ import csv
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 import yaml
 from safetensors.torch import save_file
 
-from conftest import make_image_folder
+from conftest import kill_when, make_image_folder
 from timm_frelu.train import parse_args
 
 EPOCHS = 4
@@ -75,20 +73,7 @@ def test_run_writes_args_summary_and_checkpoints(reference_run):
 def test_killed_run_resumes_exactly(data_dir, reference_run, tmp_path):
     cmd = _train_cmd(data_dir, tmp_path, 'killed')
     run_dir = tmp_path / 'killed'
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and process.poll() is None:
-            if (run_dir / 'summary.csv').exists() and len(_summary(run_dir)) >= 2:
-                break
-            time.sleep(0.1)
-        time.sleep(0.5)  # into epoch 2
-        assert process.poll() is None, 'the run ended before it could be killed'
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    finally:
-        if process.poll() is None:
-            process.kill()
+    kill_when(cmd, lambda: (run_dir / 'summary.csv').exists() and len(_summary(run_dir)) >= 2, settle=0.5)  # into epoch 2
     killed_at = _load(run_dir / 'last.pth.tar')['epoch']  # loads: not corrupt
     assert 1 <= killed_at < EPOCHS - 1
 
