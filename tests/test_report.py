@@ -57,9 +57,10 @@ def test_report_cells_are_the_mean_and_std_of_their_results_files(results_files,
 def test_report_rejects_files_that_are_not_results(tmp_path, capsys):
     bogus = tmp_path / 'bogus.json'
     bogus.write_text('{"hello": 1}')
-    with pytest.raises(ValueError, match='not a results file'):
-        cli_main(['report', str(bogus), '--output', str(tmp_path / 'r'), '--no-speed'])
+    assert cli_main(['report', str(bogus), '--output', str(tmp_path / 'r'), '--no-speed']) == 2
+    assert 'not a results file' in capsys.readouterr().err
     assert cli_main(['report', str(tmp_path / 'missing.json')]) == 2
+    assert 'no such results file' in capsys.readouterr().err
 
 
 def test_show_frelu_draws_kernels_and_conditions(results_files, tmp_path):
@@ -69,6 +70,6 @@ def test_show_frelu_draws_kernels_and_conditions(results_files, tmp_path):
         assert (tmp_path / figure).read_bytes().startswith(PNG_MAGIC)
 
 
-def test_show_frelu_needs_a_frelu_model(tmp_path):
-    with pytest.raises(ValueError, match='no FReLU layers'):
-        cli_main(['show-frelu', '--model', 'resnet20_relu', '--output', str(tmp_path)])
+def test_show_frelu_needs_a_frelu_model(tmp_path, capsys):
+    assert cli_main(['show-frelu', '--model', 'resnet20_relu', '--output', str(tmp_path)]) == 2
+    assert 'no FReLU layers' in capsys.readouterr().err

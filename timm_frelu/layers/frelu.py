@@ -62,10 +62,6 @@ class FReLU(nn.Module):
         self.bn = nn.BatchNorm2d(channels, **dd)
         self.reset_parameters()
 
-    @property
-    def channels(self) -> int:
-        return self.weight.shape[0]
-
     def reset_parameters(self) -> None:
         nn.init.kaiming_normal_(self.weight, mode='fan_in', nonlinearity='linear')
         if self.bias is not None:
@@ -91,9 +87,13 @@ class FReLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.efficient and not torch.jit.is_scripting() and self._can_use_efficient_training(x):
             return self._efficient_training_forward(x)
-        if self.efficient and not self.training and type(self.bn) is nn.BatchNorm2d and self.bn.track_running_stats:
+        if self.efficient and not torch.jit.is_scripting() and self._can_fold_bn():
             return torch.maximum(x, self._folded_condition(x))
         return torch.maximum(x, self.funnel_condition(x))
+
+    @torch.jit.unused
+    def _can_fold_bn(self) -> bool:
+        return not self.training and type(self.bn) is nn.BatchNorm2d and self.bn.track_running_stats
 
     def _folded_condition(self, x: torch.Tensor) -> torch.Tensor:
         """T(x) in eval mode with BN folded into the kernel: one pass over the activation, not two."""
