@@ -26,9 +26,10 @@ STUDY_RECIPE = dict(
 )
 
 CPU_NOTE = (
-    'CPU budget: about 2 hours of a 2-core CPU for resnet20 (30 epochs at ~4 min each; deeper nets\n'
-    'take proportionally longer). Short runs gain most from a cosine schedule with a short warm-up,\n'
-    'Nesterov momentum, label smoothing and an EMA of the weights that is evaluated and saved.')
+    'CPU budget: 30 epochs, under 2 hours of a 2-core CPU for resnet20 (benchmarks/train_one_epoch.py\n'
+    'times one epoch; deeper nets take proportionally longer). Short runs gain most from a cosine\n'
+    'schedule with a short warm-up, Nesterov momentum, label smoothing and an EMA of the weights that\n'
+    'is evaluated and saved.')
 CPU_RECIPE = dict(
     epochs=30, opt='sgd', momentum=0.9, lr=0.1, weight_decay=5e-4, batch_size=128,
     sched='cosine', warmup_epochs=1, warmup_lr=0.01, min_lr=0.0, smoothing=0.1,
