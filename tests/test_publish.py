@@ -266,3 +266,16 @@ print(sorted(p.name for p in __import__('pathlib').Path(snapshot_download(repo))
     files = sorted(p.name for p in published.iterdir())
     assert _same_outputs(out[0], expected)
     assert out[1:] == [str(files), 'True False', str(files)]
+
+
+def test_report_reads_published_results_and_fills_the_readme_section(published, tmp_path):
+    from timm_frelu.cli import main as cli_main
+    readme = tmp_path / 'README.md'
+    readme.write_text('# x\n<!-- results:start (generated) -->\nold\n<!-- results:end -->\ntail\n')
+    assert cli_main(['report', str(published / 'results.json'), '--output', str(tmp_path / 'report'), '--no-speed',
+                     '--update-readme', str(readme)]) == 0
+    text = readme.read_text()
+    top1 = json.loads((published / 'results.json').read_text())['evaluations'][0]['top1']
+    assert f'{top1:.2f} (n=1)' in text and '\nold\n' not in text and text.endswith('<!-- results:end -->\ntail\n')
+    assert '![top-1 by activation](report/accuracy.png)' in text
+    assert (tmp_path / 'report' / 'curves.png').read_bytes().startswith(b'\x89PNG')

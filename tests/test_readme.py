@@ -1,14 +1,15 @@
 from pathlib import Path
 
 from timm_frelu.cli import main
-from timm_frelu.summary import model_table, replace_readme_table
+from timm_frelu.readme import replace_section
+from timm_frelu.summary import MODEL_TABLE, model_table
 
 README = Path(__file__).resolve().parents[1] / 'README.md'
 
 
 def test_readme_model_table_is_current():
     text = README.read_text()
-    assert replace_readme_table(text, model_table()) == text, (
+    assert replace_section(text, MODEL_TABLE, model_table()) == text, (
         'README.md model table is stale: run `timm-frelu models --update-readme README.md`')
 
 

@@ -1,6 +1,7 @@
 """The ``timm-frelu`` command."""
 import argparse
 import glob
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -39,7 +40,13 @@ def _report(args: argparse.Namespace) -> int:
     for kind, path in outputs.items():
         if path:
             print(f'{kind}: {path}')
-    print(outputs['markdown'].read_text())
+    text = outputs['markdown'].read_text()
+    print(text)
+    if args.update_readme:
+        from .readme import update_section
+        figure = os.path.relpath(outputs['accuracy'], Path(args.update_readme).parent)
+        update_section(Path(args.update_readme), 'results', f'{text}\n![top-1 by activation]({figure})')
+        print(f'{args.update_readme}: results section updated')
     return 0
 
 
@@ -92,6 +99,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     report.add_argument('results', nargs='+', help='results files or glob patterns')
     report.add_argument('--output', default='output/report', help='folder for report.md, report.csv and figures')
     report.add_argument('--no-speed', action='store_true', help='skip measuring train/inference images/s')
+    report.add_argument('--update-readme', metavar='README', help='also write the report into this README\'s results section')
     report.set_defaults(run=_report)
     show = commands.add_parser('show-frelu', help='draw the funnel kernels and conditions of a FReLU model')
     show.add_argument('--model', default='resnet20_frelu')

@@ -29,14 +29,20 @@ ACT_ORDER = {act: i for i, act in enumerate(ACTS)}
 
 
 def load_results(paths: Iterable[Path]) -> List[Dict[str, Any]]:
+    """Results of ``timm_frelu.validate --results-file``, or the ``results.json`` of published
+    checkpoints (one result per evaluation in it)."""
     results = []
     for path in paths:
-        result = json.loads(Path(path).read_text())
-        for key in ('model', 'top1', 'data'):
-            if key not in result:
-                raise ValueError(f'{path} is not a results file of timm_frelu.validate (no {key!r}).')
-        result['results_file'] = str(path)
-        results.append(result)
+        payload = json.loads(Path(path).read_text())
+        for result in payload.get('evaluations', [payload]):
+            for key in ('model', 'top1', 'data'):
+                if key not in result:
+                    raise ValueError(f'{path} is not a results file of timm_frelu.validate (no {key!r}).')
+            training = result.get('training') or {}
+            if training.get('summary_csv') and not Path(training['summary_csv']).is_absolute():
+                training['summary_csv'] = str(Path(path).parent / training['summary_csv'])
+            result['results_file'] = str(path)
+            results.append(result)
     if not results:
         raise ValueError('No results files given.')
     return results

@@ -95,6 +95,11 @@ def publish(
 
         sha256 = file_sha256(stage / WEIGHTS_FILENAME)
         evaluations = _evaluate_stored_file(name_tag, stage / WEIGHTS_FILENAME, eval_datasets, data_dir, model_args)
+        training = {key: run_args.get(key) for key in ('model', 'dataset', 'seed', 'epochs', 'config')}
+        if (stage / 'summary.csv').is_file():
+            training['summary_csv'] = 'summary.csv'  # beside results.json
+        for result in evaluations:
+            result['training'] = training if run_args else None
         results = dict(
             model=name_tag, weights_file=WEIGHTS_FILENAME, weights_sha256=sha256, weights_dtype=dtype,
             weights=weights, source_checkpoint=str(checkpoint_file.resolve()), source_epoch=state.get('epoch'),
