@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from timm.models import create_model
 from timm.models._hub import save_config_for_hf
 
+from ..data import DataError
 from ..fileio import file_sha256, write_json_atomic
 from ..models._weights import RESULTS_FILENAME, WEIGHTS_FILENAME, checkpoints_dir
 from ..validate import parser as validate_parser, validate
@@ -144,7 +145,11 @@ def _draw_figure(name_tag: str, stage: Path, data_dir: Optional[str]) -> bool:
     if not name_tag.split('.')[0].endswith('_frelu'):
         return False
     with tempfile.TemporaryDirectory() as tmp:
-        _, conditions = show_frelu(name_tag, Path(tmp), checkpoint=str(stage / WEIGHTS_FILENAME),
-                                   dataset='shared/cifar10-lossless', data_dir=data_dir)
+        try:
+            _, conditions = show_frelu(name_tag, Path(tmp), checkpoint=str(stage / WEIGHTS_FILENAME),
+                                       dataset='shared/cifar10-lossless', data_dir=data_dir)
+        except DataError as err:  # the figure needs the shared test images; the checkpoint does not
+            print(f'publish: no FReLU figure ({str(err).splitlines()[0]})')
+            return False
         shutil.copy(conditions, stage / 'frelu.png')
     return True
