@@ -149,7 +149,8 @@ class _FReLUTrainFunction(torch.autograd.Function):
         conv = F.conv2d(x, weight, bias, padding=padding, groups=channels)
         condition, batch_mean, batch_invstd = torch.native_batch_norm(
             conv, bn_weight, bn_bias, running_mean, running_var, True, momentum, eps)
-        funnel_wins = condition > x
+        # uint8, not bool: on CPU, multiplying by a bool tensor takes a slower path than by uint8.
+        funnel_wins = (condition > x).view(torch.uint8)
         ctx.save_for_backward(x, weight, bias, bn_weight, batch_mean, batch_invstd, funnel_wins)
         ctx.eps, ctx.padding = eps, padding
         return torch.maximum(condition, x)
