@@ -138,6 +138,9 @@ def render_card(name_tag: str, results: Dict[str, Any], run_args: Dict[str, Any]
         '',
         '- Trained and tested at 32x32 on CIFAR-sized images; not an ImageNet model.',
     ]
+    if tag == 'cifar10':
+        lines.append(f'- `{name}.cifar100` weights are pending data: no CIFAR-100 copy was available to train them; '
+                     'its tag, recipes and code are ready.')
     if any(r['data']['dataset'] == 'shared/cifar10-jpeg' for r in evaluations) or run_args.get('dataset', '').startswith('shared/'):
         lines.append('- Trained on a lossy JPEG copy of CIFAR-10 (the official archives could not be reached); '
                      'accuracy on the official test set can differ. The 1,000-image lossless subset is the closer '

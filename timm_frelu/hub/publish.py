@@ -103,7 +103,7 @@ def publish(
             result['training'] = training if run_args else None
         results = dict(
             model=name_tag, weights_file=WEIGHTS_FILENAME, weights_sha256=sha256, weights_dtype=dtype,
-            weights=weights, source_checkpoint=str(checkpoint_file.resolve()), source_epoch=state.get('epoch'),
+            weights=weights, source_checkpoint=f'{run_dir.name}/{checkpoint_file.name}', source_epoch=state.get('epoch'),
             evaluations=evaluations,
         )
         write_json_atomic(stage / RESULTS_FILENAME, results)
