@@ -1,6 +1,8 @@
+import json
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -13,11 +15,22 @@ os.environ['HF_HUB_DISABLE_XET'] = '1'
 # Unpacked archives and decoded tensors go to a cache of this test session, not the user's.
 os.environ['TIMM_FRELU_CACHE'] = tempfile.mkdtemp(prefix='timm-frelu-test-cache-')
 
+import huggingface_hub  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import timm_frelu  # noqa: E402,F401  registers the models and the activation
+from hub_server import HubServer  # noqa: E402
+
+HUB_TOKEN = 'hf_test_token'
+# Prints a pretrained model's outputs on a fixed batch: argv[1], or the name formatted in.
+LOAD_SCRIPT = '''
+import sys, torch, timm, timm_frelu
+model = timm.create_model(sys.argv[1] if len(sys.argv) > 1 else {name!r}, pretrained=True).eval()
+torch.manual_seed(0)
+print(model(torch.randn(2, 3, 32, 32)).flatten().tolist())
+'''
 
 
 def make_image_folder(root: Path, num_classes: int, per_class: int, size: int = 32, splits=('train', 'test'), seed: int = 0):
@@ -54,3 +67,31 @@ def kill_when(cmd: List[str], ready: Callable[[], bool], settle: float = 0.0, ti
     finally:
         if process.poll() is None:
             process.kill()
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """A local Hub server (tests/hub_server.py) that accepts HUB_TOKEN."""
+    # The suite runs offline (above); talking to this local server is the exception.
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', False)
+    with HubServer(tokens=(HUB_TOKEN,)) as server:
+        yield server
+
+
+def run_python(script: str, **env: str) -> str:
+    """Run ``script`` in a fresh interpreter with ``env`` added; its stdout, or fail with its stderr."""
+    result = subprocess.run([sys.executable, '-c', script], env=dict(os.environ, **env), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def model_outputs(model: torch.nn.Module) -> torch.Tensor:
+    """The eval outputs LOAD_SCRIPT prints, computed in this process."""
+    torch.manual_seed(0)
+    return model.eval()(torch.randn(2, 3, 32, 32))
+
+
+def same_outputs(printed: str, expected: str) -> bool:
+    """Outputs printed by another process: equal up to float rounding."""
+    return torch.allclose(torch.tensor(json.loads(printed)), torch.tensor(json.loads(expected)), atol=1e-6)

@@ -5,21 +5,18 @@ import os
 import subprocess
 import sys
 
-import huggingface_hub
 import pytest
 import timm
 import torch
 from huggingface_hub import HfApi, ModelCard
 from safetensors.torch import load_file
 
-from conftest import make_image_folder
-from hub_server import HubServer
+from conftest import HUB_TOKEN as TOKEN, LOAD_SCRIPT, make_image_folder, model_outputs, run_python, same_outputs
 from timm_frelu.fileio import file_sha256
 from timm_frelu.hub import PushError, publish, push
 from timm_frelu.train import parse_args, train
 from timm_frelu.validate import parser as validate_parser, validate
 
-TOKEN = 'hf_test_token'
 NAME = 'resnet20_frelu.cifar10'
 
 
@@ -39,16 +36,6 @@ def run_dir(data_dir, tmp_path_factory):
 def published(run_dir, data_dir, tmp_path_factory):
     return publish(run_dir, NAME, output_root=tmp_path_factory.mktemp('checkpoints'),
                    eval_datasets=['folder'], data_dir=str(data_dir))
-
-
-def _same_outputs(printed: str, expected: str) -> bool:
-    """Outputs printed by another process: equal up to float rounding."""
-    return torch.allclose(torch.tensor(json.loads(printed)), torch.tensor(json.loads(expected)), atol=1e-6)
-
-
-def _outputs(model):
-    torch.manual_seed(0)
-    return model.eval()(torch.randn(2, 3, 32, 32))
 
 
 def test_published_folder_holds_fp16_ema_weights_config_results_and_card(published, run_dir, data_dir):
@@ -75,7 +62,7 @@ def test_published_folder_holds_fp16_ema_weights_config_results_and_card(publish
 def test_local_dir_loading_gives_the_published_model(published):
     model = timm.create_model(f'local-dir:{published}', pretrained=True)
     reference = timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(file=str(published / 'model.safetensors')))
-    assert torch.equal(_outputs(model), _outputs(reference))
+    assert torch.equal(model_outputs(model), model_outputs(reference))
 
 
 def test_republishing_replaces_the_folder_whole(published, run_dir, data_dir):
@@ -102,29 +89,6 @@ def test_corrupted_weights_fail_the_integrity_check(published, tmp_path):
         push(broken, endpoint='http://127.0.0.1:9', token=TOKEN)
 
 
-@pytest.fixture
-def hub(monkeypatch):
-    # The suite runs offline (conftest); talking to this local server is the exception.
-    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', False)
-    with HubServer(tokens=(TOKEN,)) as server:
-        yield server
-
-
-def _subprocess(script, **env):
-    full_env = dict(os.environ, **env)
-    result = subprocess.run([sys.executable, '-c', script], env=full_env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
-
-
-LOAD_SCRIPT = '''
-import sys, torch, timm, timm_frelu
-model = timm.create_model(sys.argv[1] if len(sys.argv) > 1 else {name!r}, pretrained=True).eval()
-torch.manual_seed(0)
-print(model(torch.randn(2, 3, 32, 32)).flatten().tolist())
-'''
-
-
 def test_push_round_trip_through_the_hub_protocol(hub, published, tmp_path):
     url = push(published, endpoint=hub.endpoint, token=TOKEN)
     assert url.startswith(f'{hub.endpoint}/timm-frelu/{NAME}/commit/')
@@ -138,16 +102,16 @@ def test_push_round_trip_through_the_hub_protocol(hub, published, tmp_path):
     assert routes.index(f'POST /api/models/timm-frelu/{NAME}/commit/main') > routes.index(f'POST /timm-frelu/{NAME}.git/info/lfs/objects/batch')
     assert all(status != 404 for *_, status in hub.state.log)
 
-    expected = str(_outputs(timm.create_model(f'local-dir:{published}', pretrained=True)).flatten().tolist())
+    expected = str(model_outputs(timm.create_model(f'local-dir:{published}', pretrained=True)).flatten().tolist())
     env = dict(HF_ENDPOINT=hub.endpoint, HF_HUB_OFFLINE='0', HF_HUB_CACHE=str(tmp_path / 'cache'),
                TIMM_FRELU_CHECKPOINTS=str(tmp_path / 'nothing-shipped'))
-    via_hub_name = _subprocess(LOAD_SCRIPT.format(name=f'hf-hub:timm-frelu/{NAME}'), **env).strip()
-    via_tag = _subprocess(LOAD_SCRIPT.format(name=NAME), **env).strip()
-    assert _same_outputs(via_hub_name, expected) and _same_outputs(via_tag, expected)
+    via_hub_name = run_python(LOAD_SCRIPT.format(name=f'hf-hub:timm-frelu/{NAME}'), **env).strip()
+    via_tag = run_python(LOAD_SCRIPT.format(name=NAME), **env).strip()
+    assert same_outputs(via_hub_name, expected) and same_outputs(via_tag, expected)
 
     # Offline, the cache the downloads filled serves the same weights; a repo never downloaded is a clear error.
     offline = dict(env, HF_HUB_OFFLINE='1')
-    assert _same_outputs(_subprocess(LOAD_SCRIPT.format(name=NAME), **offline).strip(), expected)
+    assert same_outputs(run_python(LOAD_SCRIPT.format(name=NAME), **offline).strip(), expected)
     missing = subprocess.run([sys.executable, '-c', LOAD_SCRIPT.format(name='resnet32_frelu.cifar10')],
                              env=dict(os.environ, **offline), capture_output=True, text=True, timeout=300)
     assert missing.returncode != 0
@@ -257,14 +221,14 @@ print(sorted(HfApi().list_repo_files(repo)))
 print(file_exists(repo, 'results.json'), file_exists(repo, 'nope.bin'))
 print(sorted(p.name for p in __import__('pathlib').Path(snapshot_download(repo)).iterdir()))
 '''.format(NAME)
-        out = _subprocess(script, HF_ENDPOINT=f'http://127.0.0.1:{port}', HF_HUB_OFFLINE='0',
+        out = run_python(script, HF_ENDPOINT=f'http://127.0.0.1:{port}', HF_HUB_OFFLINE='0',
                           HF_HUB_CACHE=str(tmp_path / 'cache')).strip().splitlines()
     finally:
         os.kill(server.pid, 15)
         server.wait(timeout=30)
-    expected = str(_outputs(timm.create_model(f'local-dir:{published}', pretrained=True)).flatten().tolist())
+    expected = str(model_outputs(timm.create_model(f'local-dir:{published}', pretrained=True)).flatten().tolist())
     files = sorted(p.name for p in published.iterdir())
-    assert _same_outputs(out[0], expected)
+    assert same_outputs(out[0], expected)
     assert out[1:] == [str(files), 'True False', str(files)]
 
 

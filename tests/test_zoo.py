@@ -1,0 +1,79 @@
+"""The shipped zoo: every published folder in checkpoints/ is complete, loads offline through
+timm, gives back the accuracy its results.json records when the eval command runs again on the
+shipped file, and travels through the Hub protocol unchanged."""
+import json
+from pathlib import Path
+
+import pytest
+import timm
+from huggingface_hub import HfApi
+from safetensors.torch import load_file
+
+from conftest import HUB_TOKEN, LOAD_SCRIPT, model_outputs, run_python, same_outputs
+from timm_frelu.fileio import file_sha256
+from timm_frelu.hub import push
+from timm_frelu.main_job import DEFAULT_MODEL, DEFAULT_TAG
+from timm_frelu.validate import parser as validate_parser, validate
+
+CHECKPOINTS = Path(__file__).resolve().parents[1] / 'checkpoints'
+SHIPPED = sorted(results.parent for results in CHECKPOINTS.glob('*/results.json'))
+PUBLISHED_FILES = {'model.safetensors', 'config.json', 'results.json', 'README.md', 'recipe.yaml', 'summary.csv'}
+SIZE_LIMIT_MB = 150
+
+shipped = pytest.mark.parametrize('folder', SHIPPED, ids=[folder.name for folder in SHIPPED])
+
+
+def _results(folder: Path) -> dict:
+    return json.loads((folder / 'results.json').read_text())
+
+
+def test_checkpoints_stay_small_and_only_unfinished_runs_keep_optimizer_state():
+    files = [path for path in CHECKPOINTS.rglob('*') if path.is_file()]
+    assert sum(path.stat().st_size for path in files) < SIZE_LIMIT_MB * 2 ** 20
+    training_states = [path for path in files if path.name.endswith('.pth.tar')]
+    assert all(path.relative_to(CHECKPOINTS).parts[0] == 'in-progress' for path in training_states), training_states
+
+
+@shipped
+def test_folder_is_complete_and_its_hash_matches(folder):
+    assert PUBLISHED_FILES <= {path.name for path in folder.iterdir()}
+    results = _results(folder)
+    assert results['model'] == folder.name and results['weights_sha256'] == file_sha256(folder / 'model.safetensors')
+    assert {evaluation['data']['dataset'] for evaluation in results['evaluations']} >= {
+        'shared/cifar10-jpeg', 'shared/cifar10-lossless'}
+    card = (folder / 'README.md').read_text()
+    for evaluation in results['evaluations']:
+        assert f"{evaluation['top1']:.2f}" in card
+
+
+@shipped
+def test_pretrained_loads_the_shipped_file_offline(folder):
+    model = timm.create_model(folder.name, pretrained=True)
+    assert model.pretrained_cfg['hf_hub_id'] == f'timm-frelu/{folder.name}'
+    state = model.state_dict()
+    for key, stored in load_file(folder / 'model.safetensors').items():
+        assert (state[key].to(stored.dtype) == stored).all(), key
+
+
+@shipped
+@pytest.mark.parametrize('dataset', ['shared/cifar10-lossless', 'shared/cifar10-jpeg'])
+def test_eval_command_reproduces_the_recorded_accuracy(folder, dataset):
+    recorded = next(e for e in _results(folder)['evaluations'] if e['data']['dataset'] == dataset)
+    fresh = validate(validate_parser.parse_args(['--model', folder.name, '--pretrained', '--dataset', dataset]))
+    assert fresh['weights']['sha256'] == recorded['weights']['sha256'] == _results(folder)['weights_sha256']
+    assert fresh['data']['content_sha256'] == recorded['data']['content_sha256'] and fresh['count'] == recorded['count']
+    # Kernels may sum in another order on another CPU: allow one image's worth of argmax flips.
+    assert abs(fresh['top1'] - recorded['top1']) <= 100 / fresh['count'] + 1e-9
+
+
+@pytest.mark.skipif(not (CHECKPOINTS / f'{DEFAULT_MODEL}.{DEFAULT_TAG}').is_dir(), reason='the default checkpoint is not shipped yet')
+def test_default_checkpoint_round_trips_through_the_hub(hub, tmp_path):
+    folder = CHECKPOINTS / f'{DEFAULT_MODEL}.{DEFAULT_TAG}'
+    push(folder, endpoint=hub.endpoint, token=HUB_TOKEN)
+    repo_id = f'timm-frelu/{folder.name}'
+    assert sorted(HfApi(endpoint=hub.endpoint).list_repo_files(repo_id)) == sorted(p.name for p in folder.iterdir())
+    expected = str(model_outputs(timm.create_model(folder.name, pretrained=True)).flatten().tolist())
+    # Nothing shipped in that process: the tag's config downloads from the Hub repo.
+    printed = run_python(LOAD_SCRIPT.format(name=folder.name), HF_ENDPOINT=hub.endpoint, HF_HUB_OFFLINE='0',
+                         HF_HUB_CACHE=str(tmp_path / 'cache'), TIMM_FRELU_CHECKPOINTS=str(tmp_path / 'nothing-shipped'))
+    assert same_outputs(printed.strip(), expected)
