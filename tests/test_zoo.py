@@ -12,12 +12,14 @@ from safetensors.torch import load_file
 from conftest import HUB_TOKEN, LOAD_SCRIPT, model_outputs, run_python, same_outputs
 from timm_frelu.fileio import file_sha256
 from timm_frelu.hub import push
+from timm_frelu.hub.push import REQUIRED_FILES
 from timm_frelu.main_job import DEFAULT_MODEL, DEFAULT_TAG
 from timm_frelu.validate import parser as validate_parser, validate
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / 'checkpoints'
 SHIPPED = sorted(results.parent for results in CHECKPOINTS.glob('*/results.json'))
-PUBLISHED_FILES = {'model.safetensors', 'config.json', 'results.json', 'README.md', 'recipe.yaml', 'summary.csv'}
+# What push requires, plus the training record the zoo's cards point to.
+PUBLISHED_FILES = {*REQUIRED_FILES, 'recipe.yaml', 'summary.csv'}
 SIZE_LIMIT_MB = 150
 
 shipped = pytest.mark.parametrize('folder', SHIPPED, ids=[folder.name for folder in SHIPPED])
@@ -58,9 +60,10 @@ def test_pretrained_loads_the_shipped_file_offline(folder):
 @shipped
 @pytest.mark.parametrize('dataset', ['shared/cifar10-lossless', 'shared/cifar10-jpeg'])
 def test_eval_command_reproduces_the_recorded_accuracy(folder, dataset):
-    recorded = next(e for e in _results(folder)['evaluations'] if e['data']['dataset'] == dataset)
+    results = _results(folder)
+    recorded = next(e for e in results['evaluations'] if e['data']['dataset'] == dataset)
     fresh = validate(validate_parser.parse_args(['--model', folder.name, '--pretrained', '--dataset', dataset]))
-    assert fresh['weights']['sha256'] == recorded['weights']['sha256'] == _results(folder)['weights_sha256']
+    assert fresh['weights']['sha256'] == recorded['weights']['sha256'] == results['weights_sha256']
     assert fresh['data']['content_sha256'] == recorded['data']['content_sha256'] and fresh['count'] == recorded['count']
     # Kernels may sum in another order on another CPU: allow one image's worth of argmax flips.
     assert abs(fresh['top1'] - recorded['top1']) <= 100 / fresh['count'] + 1e-9
