@@ -13,6 +13,7 @@ seeds). Output, in one folder:
 No number is typed in: every accuracy comes from a results file, every cost from a measurement.
 """
 import csv
+import functools
 import json
 import statistics
 import time
@@ -54,8 +55,11 @@ def _key(result: Dict[str, Any]) -> Tuple[str, str, str]:
     return arch, data, act
 
 
+@functools.lru_cache(maxsize=None)
 def measure_speed(model_name: str, batch_size: int = 64, repeats: int = 3) -> Dict[str, float]:
-    """Median train-step and inference images/s on this machine, after one warm-up step."""
+    """Median train-step and inference images/s on this machine, after one warm-up step.
+
+    Cached, so a model reported on several test sets is timed once and shows one speed."""
     model = timm.create_model(model_name)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     x = torch.randn(batch_size, *model.pretrained_cfg['input_size'])
