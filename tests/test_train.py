@@ -151,3 +151,21 @@ def test_ddp_on_cpu_with_two_processes_matches_single_process_evaluation(data_di
     assert results['count'] == 320
     assert results['top1'] == pytest.approx(float(row['eval_top1']), abs=1e-6)
     assert results['loss'] == pytest.approx(float(row['eval_loss']), rel=1e-4)
+
+
+def test_torchcompile_resumes_an_eager_run_and_saves_plain_checkpoints(data_dir, reference_run, tmp_path):
+    """--torchcompile (timm's flag) may join a run on resume: the checkpoints it writes keep the
+    eager model's keys, so eval, publish and a later eager resume read them unchanged."""
+    run_dir = tmp_path / 'compiled'
+    shutil.copytree(reference_run, run_dir)
+    cmd = _train_cmd(data_dir, tmp_path, 'compiled', '--resume', str(run_dir / 'last.pth.tar'),
+                     '--epochs', str(EPOCHS + 1), '--torchcompile')
+    result = _run(cmd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = _summary(run_dir)
+    assert [int(r['epoch']) for r in rows] == list(range(EPOCHS + 1))
+    assert float(rows[-1]['train_loss']) < float(rows[0]['train_loss'])
+    last, before = _load(run_dir / 'last.pth.tar'), _load(reference_run / 'last.pth.tar')
+    assert last['epoch'] == EPOCHS
+    for key in ('state_dict', 'state_dict_ema'):
+        assert last[key].keys() == before[key].keys(), key
