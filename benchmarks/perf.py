@@ -3,8 +3,9 @@
 
 For each architecture: ReLU, the naive FReLU (the reference ops), the default FReLU (custom
 autograd function) and the fused FReLU (``timm_frelu.fuse``, inference only); with
-``--compile``, also ReLU and FReLU under ``torch.compile``. Eager mode otherwise, channels_last, fp32. Every figure is the median of several repeats after a warm-up, and is
-printed as a ratio to the ReLU model of the same run:
+``--compile``, also ReLU and FReLU under ``torch.compile``. Eager mode otherwise, channels_last,
+fp32. Every figure is the median of several repeats after a warm-up, the variants timed in turn
+within each repeat, and is printed as a ratio to the ReLU model of the same run:
 
 * train images/s: one SGD step (forward, backward, update);
 * eval images/s: one forward pass under ``torch.no_grad``;
@@ -16,7 +17,7 @@ printed as a ratio to the ReLU model of the same run:
 import argparse
 import statistics
 import time
-from typing import Callable, Dict
+from typing import Callable, Dict, Hashable, List
 
 import timm
 import torch
@@ -27,14 +28,19 @@ from timm_frelu import FReLU
 BATCH = {'resnet20': 128, 'resnet56': 128, 'resnet18': 64, 'resnet50': 32}
 
 
-def _median_seconds(step: Callable[[], None], repeats: int) -> float:
-    step()  # warm-up: allocator, kernels, caches
-    times = []
+def interleaved_medians(steps: Dict[Hashable, Callable[[], None]], repeats: int) -> Dict[Hashable, float]:
+    """Median seconds of each step, timing the steps in turn within every repeat: on a shared
+    machine whose speed drifts, the drift then lands on every variant alike instead of on
+    whichever was measured last."""
+    for step in steps.values():
+        step()  # warm-up: allocator, kernels, caches, and compilation where compiled
+    times: Dict[Hashable, List[float]] = {name: [] for name in steps}
     for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def saved_activation_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
@@ -51,33 +57,32 @@ def saved_activation_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
     return sum(size for ptr, size in seen.items() if ptr not in parameters and ptr != x.untyped_storage().data_ptr())
 
 
-def measure(model: torch.nn.Module, batch: int, repeats: int, train: bool = True, compile: bool = False) -> Dict[str, float]:
+def steps(model: torch.nn.Module, batch: int, train: bool = True, compile: bool = False) -> Dict[str, Callable[[], None]]:
+    """The timed steps of one variant: a training step (forward, backward, SGD update) unless
+    ``train`` is off, and an inference forward."""
     model = model.to(memory_format=torch.channels_last)
-    # The warm-up step of each mode pays for compilation, so the medians time only compiled code.
     forward = torch.compile(model) if compile else model
     x = torch.randn(batch, 3, 32, 32).to(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))
-    results = {}
-    if train:
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def train_step():
         model.train()
-
-        def train_step():
-            loss = torch.nn.functional.cross_entropy(forward(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-        results['train'] = batch / _median_seconds(train_step, repeats)
-        results['memory'] = saved_activation_bytes(forward, x)
-    model.eval()
+        loss = torch.nn.functional.cross_entropy(forward(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
 
     def eval_step():
+        model.eval()
         with torch.no_grad():
             forward(x)
 
-    results['eval'] = batch / _median_seconds(eval_step, repeats)
-    return results
+    def memory():
+        model.train()
+        return saved_activation_bytes(forward, x)
+
+    return {'train': train_step, 'eval': eval_step, 'memory': memory} if train else {'eval': eval_step}
 
 
 def _frelu_model(arch: str, efficient: bool) -> torch.nn.Module:
@@ -97,24 +102,28 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, eager unless named compiled, channels_last, fp32, 32x32 input; '
-          f'median of {args.repeats} after a warm-up')
+          f'median of {args.repeats}, variants timed in turn, after a warm-up')
     print('| arch (batch) | variant | train img/s | ratio | eval img/s | ratio | activation MiB | ratio |')
     print('| --- | --- | --- | --- | --- | --- | --- | --- |')
     for arch in args.archs:
         batch = BATCH.get(arch, 64)
-        relu = measure(timm.create_model(f'{arch}_relu'), batch, args.repeats)
         naive_model = _frelu_model(arch, efficient=False)
         variants = {
-            'ReLU': relu,
-            'FReLU, naive': measure(naive_model, batch, args.repeats),
-            'FReLU': measure(_frelu_model(arch, efficient=True), batch, args.repeats),
-            'FReLU, fused': measure(timm_frelu.fuse(naive_model), batch, args.repeats, train=False),
-            'ReLU, fused': measure(timm_frelu.fuse(timm.create_model(f'{arch}_relu')), batch, args.repeats, train=False),
+            'ReLU': steps(timm.create_model(f'{arch}_relu'), batch),
+            'FReLU, naive': steps(naive_model, batch),
+            'FReLU': steps(_frelu_model(arch, efficient=True), batch),
+            'FReLU, fused': steps(timm_frelu.fuse(naive_model), batch, train=False),
+            'ReLU, fused': steps(timm_frelu.fuse(timm.create_model(f'{arch}_relu')), batch, train=False),
         }
         if args.compile:
-            variants['ReLU, compiled'] = measure(timm.create_model(f'{arch}_relu'), batch, args.repeats, compile=True)
-            variants['FReLU, compiled'] = measure(_frelu_model(arch, efficient=True), batch, args.repeats, compile=True)
-        for name, r in variants.items():
+            variants['ReLU, compiled'] = steps(timm.create_model(f'{arch}_relu'), batch, compile=True)
+            variants['FReLU, compiled'] = steps(_frelu_model(arch, efficient=True), batch, compile=True)
+        seconds = interleaved_medians(
+            {(name, kind): step for name, v in variants.items() for kind, step in v.items() if kind != 'memory'}, args.repeats)
+        results = {name: {kind: batch / seconds[name, kind] if kind != 'memory' else step() for kind, step in v.items()}
+                   for name, v in variants.items()}
+        relu = results['ReLU']
+        for name, r in results.items():
             train = f"{r['train']:.1f} | {relu['train'] / r['train']:.2f}" if 'train' in r else '- | -'
             memory = f"{r['memory'] / 2 ** 20:.1f} | {r['memory'] / relu['memory']:.2f}" if 'memory' in r else '- | -'
             print(f"| {arch} ({batch}) | {name} | {train} | {r['eval']:.1f} | {relu['eval'] / r['eval']:.2f} | {memory} |")
