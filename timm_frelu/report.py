@@ -13,7 +13,6 @@ seeds). Output, in one folder:
 No number is typed in: every accuracy comes from a results file, every cost from a measurement.
 """
 import csv
-import functools
 import json
 import statistics
 import time
@@ -55,11 +54,8 @@ def _key(result: Dict[str, Any]) -> Tuple[str, str, str]:
     return arch, data, act
 
 
-@functools.lru_cache(maxsize=None)
 def measure_speed(model_name: str, batch_size: int = 64, repeats: int = 3) -> Dict[str, float]:
-    """Median train-step and inference images/s on this machine, after one warm-up step.
-
-    Cached, so a model reported on several test sets is timed once and shows one speed."""
+    """Median train-step and inference images/s on this machine, after one warm-up step."""
     model = timm.create_model(model_name)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     x = torch.randn(batch_size, *model.pretrained_cfg['input_size'])
@@ -93,6 +89,7 @@ def build_rows(results: List[Dict[str, Any]], speed: bool = True) -> List[Dict[s
     for result in results:
         groups.setdefault(_key(result), []).append(result)
     rows = []
+    speeds: Dict[str, Dict[str, float]] = {}  # per model: one timing for its rows on every test set
     for (arch, data, act), members in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], ACT_ORDER.get(kv[0][2], 99))):
         top1 = [m['top1'] for m in members]
         name = f'{arch}_{act}'
@@ -106,7 +103,9 @@ def build_rows(results: List[Dict[str, Any]], speed: bool = True) -> List[Dict[s
             results_files=' '.join(m['results_file'] for m in members),
         )
         if speed:
-            row.update(measure_speed(name))
+            if name not in speeds:
+                speeds[name] = measure_speed(name)
+            row.update(speeds[name])
         rows.append(row)
     return rows
 
