@@ -17,7 +17,7 @@ within each repeat, and is printed as a ratio to the ReLU model of the same run:
 import argparse
 import statistics
 import time
-from typing import Callable, Dict, Hashable, List
+from typing import Callable, Dict, Hashable, List, Optional, Tuple
 
 import timm
 import torch
@@ -57,9 +57,10 @@ def saved_activation_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
     return sum(size for ptr, size in seen.items() if ptr not in parameters and ptr != x.untyped_storage().data_ptr())
 
 
-def steps(model: torch.nn.Module, batch: int, train: bool = True, compile: bool = False) -> Dict[str, Callable[[], None]]:
-    """The timed steps of one variant: a training step (forward, backward, SGD update) unless
-    ``train`` is off, and an inference forward."""
+def variant(model: torch.nn.Module, batch: int, train: bool = True,
+            compile: bool = False) -> Tuple[Dict[str, Callable[[], None]], Optional[Callable[[], int]]]:
+    """One variant's timed steps (a training step: forward, backward, SGD update, unless ``train``
+    is off; an inference forward) and, when it trains, its activation-memory probe."""
     model = model.to(memory_format=torch.channels_last)
     forward = torch.compile(model) if compile else model
     x = torch.randn(batch, 3, 32, 32).to(memory_format=torch.channels_last)
@@ -78,11 +79,11 @@ def steps(model: torch.nn.Module, batch: int, train: bool = True, compile: bool 
         with torch.no_grad():
             forward(x)
 
-    def memory():
+    def memory() -> int:
         model.train()
         return saved_activation_bytes(forward, x)
 
-    return {'train': train_step, 'eval': eval_step, 'memory': memory} if train else {'eval': eval_step}
+    return ({'train': train_step, 'eval': eval_step}, memory) if train else ({'eval': eval_step}, None)
 
 
 def _frelu_model(arch: str, efficient: bool) -> torch.nn.Module:
@@ -109,19 +110,21 @@ def main() -> None:
         batch = BATCH.get(arch, 64)
         naive_model = _frelu_model(arch, efficient=False)
         variants = {
-            'ReLU': steps(timm.create_model(f'{arch}_relu'), batch),
-            'FReLU, naive': steps(naive_model, batch),
-            'FReLU': steps(_frelu_model(arch, efficient=True), batch),
-            'FReLU, fused': steps(timm_frelu.fuse(naive_model), batch, train=False),
-            'ReLU, fused': steps(timm_frelu.fuse(timm.create_model(f'{arch}_relu')), batch, train=False),
+            'ReLU': variant(timm.create_model(f'{arch}_relu'), batch),
+            'FReLU, naive': variant(naive_model, batch),
+            'FReLU': variant(_frelu_model(arch, efficient=True), batch),
+            'FReLU, fused': variant(timm_frelu.fuse(naive_model), batch, train=False),
+            'ReLU, fused': variant(timm_frelu.fuse(timm.create_model(f'{arch}_relu')), batch, train=False),
         }
         if args.compile:
-            variants['ReLU, compiled'] = steps(timm.create_model(f'{arch}_relu'), batch, compile=True)
-            variants['FReLU, compiled'] = steps(_frelu_model(arch, efficient=True), batch, compile=True)
+            variants['ReLU, compiled'] = variant(timm.create_model(f'{arch}_relu'), batch, compile=True)
+            variants['FReLU, compiled'] = variant(_frelu_model(arch, efficient=True), batch, compile=True)
         seconds = interleaved_medians(
-            {(name, kind): step for name, v in variants.items() for kind, step in v.items() if kind != 'memory'}, args.repeats)
-        results = {name: {kind: batch / seconds[name, kind] if kind != 'memory' else step() for kind, step in v.items()}
-                   for name, v in variants.items()}
+            {(name, kind): step for name, (timed, _) in variants.items() for kind, step in timed.items()}, args.repeats)
+        results = {name: {kind: batch / seconds[name, kind] for kind in timed} for name, (timed, _) in variants.items()}
+        for name, (_, memory) in variants.items():
+            if memory is not None:
+                results[name]['memory'] = memory()
         relu = results['ReLU']
         for name, r in results.items():
             train = f"{r['train']:.1f} | {relu['train'] / r['train']:.2f}" if 'train' in r else '- | -'
