@@ -69,8 +69,9 @@ class DyReLU(nn.Module):
         slopes, intercepts = self.coefficients(x)
         slopes, intercepts = slopes[:, :, None, None, :], intercepts[:, :, None, None, :]
         # One elementwise max per piece, not an amax over a stacked (N, C, H, W, K) tensor: the
-        # stack is K activation-sized copies, and a size-K reduction over a channels_last input
-        # runs several times slower on CPU than the same work as plain elementwise ops.
+        # stack is K activation-sized copies, and on CPU a size-K reduction over a channels_last
+        # input is much slower than the same work as elementwise ops. torch.where rather than
+        # torch.maximum because maximum's backward splits ties, which costs several more passes.
         out = x * slopes[..., 0] + intercepts[..., 0]
         for k in range(1, self.num_pieces):
             piece = x * slopes[..., k] + intercepts[..., k]
