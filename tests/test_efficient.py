@@ -9,6 +9,7 @@ import torch
 
 import timm_frelu
 from timm_frelu import FReLU, FusedFReLU
+from timm_frelu.models.resnet import FReLUStage
 
 
 def _pair(channels=8, bias=False, momentum=0.1):
@@ -24,28 +25,33 @@ def _pair(channels=8, bias=False, momentum=0.1):
     return efficient, naive
 
 
-@pytest.mark.parametrize('channels_last', [False, True])
-@pytest.mark.parametrize('bias', [False, True])
-@pytest.mark.parametrize('momentum', [0.1, None])
-def test_training_outputs_gradients_and_statistics_match_the_reference(channels_last, bias, momentum):
-    efficient, naive = _pair(bias=bias, momentum=momentum)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x = torch.randn(6, 8, 10, 10).to(memory_format=fmt)
-    grad = torch.randn(6, 8, 10, 10)
-    for _ in range(2):  # two steps: running statistics accumulate
+def _assert_trains_like(efficient, naive, x):
+    """Two training steps (running statistics accumulate) give the same outputs, input and
+    parameter gradients, and buffers."""
+    for _ in range(2):
         outputs, input_grads = [], []
         for module in (efficient, naive):
+            module.zero_grad()
             xi = x.clone().requires_grad_()
             out = module(xi)
-            out.backward(grad)
+            out.square().sum().backward()
             outputs.append(out)
             input_grads.append(xi.grad)
         assert torch.allclose(outputs[0], outputs[1], atol=1e-5)
         assert torch.allclose(input_grads[0], input_grads[1], atol=1e-5)
     for (name, p), q in zip(efficient.named_parameters(), naive.parameters()):
         assert torch.allclose(p.grad, q.grad, atol=1e-4, rtol=1e-4), name
-    for name in ('running_mean', 'running_var', 'num_batches_tracked'):
-        assert torch.allclose(getattr(efficient.bn, name).float(), getattr(naive.bn, name).float(), atol=1e-6), name
+    for (name, b), c in zip(efficient.named_buffers(), naive.buffers()):
+        assert torch.allclose(b.float(), c.float(), atol=1e-6), name
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+@pytest.mark.parametrize('bias', [False, True])
+@pytest.mark.parametrize('momentum', [0.1, None])
+def test_training_outputs_gradients_and_statistics_match_the_reference(channels_last, bias, momentum):
+    efficient, naive = _pair(bias=bias, momentum=momentum)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    _assert_trains_like(efficient, naive, torch.randn(6, 8, 10, 10).to(memory_format=fmt))
 
 
 def test_eval_matches_the_reference():
@@ -58,19 +64,62 @@ def test_eval_matches_the_reference():
     assert torch.allclose(efficient(x), naive(x), atol=1e-5)
 
 
-def test_training_keeps_less_for_backward_than_the_reference():
-    def saved_bytes(module):
-        sizes = {}
+def _saved_bytes(forward, x):
+    """Bytes of the tensors autograd keeps for backward in one forward, each storage once, the
+    input's and the parameters' not counted."""
+    sizes = {}
 
-        def pack(t):
-            sizes[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-        x = torch.randn(16, 32, 16, 16, requires_grad=True)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            module(x)
-        return sum(sizes.values())
+    def pack(t):
+        sizes[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        forward(x)
+    owned = {x.untyped_storage().data_ptr()}
+    if isinstance(forward, torch.nn.Module):
+        owned |= {p.untyped_storage().data_ptr() for p in forward.parameters()}
+    return sum(size for ptr, size in sizes.items() if ptr not in owned)
+
+
+def test_training_keeps_less_for_backward_than_the_reference():
     efficient, naive = _pair(channels=32)
-    assert saved_bytes(efficient) < 0.6 * saved_bytes(naive)
+    x = torch.randn(16, 32, 16, 16, requires_grad=True)
+    assert _saved_bytes(efficient, x) < 0.6 * _saved_bytes(naive, x)
+
+
+def _randomize_batch_norms(model):
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+    return model
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+@pytest.mark.parametrize('name, kwargs', [
+    ('resnet20_frelu', {}),
+    ('resnet50_frelu', dict(layers=(1, 2, 1, 1), channels=(8, 16, 16, 16), stem_width=8, act_layout='all')),
+])
+def test_frelu_stages_train_like_the_reference(name, kwargs, channels_last):
+    efficient = _randomize_batch_norms(timm.create_model(name, **kwargs))
+    assert all(isinstance(getattr(efficient, f'layer{i}'), FReLUStage) for i in (1, 2, 3))
+    naive = copy.deepcopy(efficient)
+    for module in naive.modules():
+        if isinstance(module, FReLU):
+            module.efficient = False
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    _assert_trains_like(efficient, naive, torch.randn(4, 3, 16, 16).to(memory_format=fmt))
+    assert efficient.state_dict().keys() == naive.state_dict().keys()
+    assert 'layer1.0.act1.weight' in efficient.state_dict()
+
+
+def test_frelu_resnet_keeps_little_more_for_backward_than_its_relu_twin():
+    # The stages hand each block's BN -> FReLU (and residual add -> FReLU) to one autograd node,
+    # which keeps the conv output and block input the ReLU block keeps anyway, plus a byte mask.
+    x = torch.randn(8, 3, 32, 32)
+    frelu = _saved_bytes(timm.create_model('resnet20_frelu').train(), x)
+    relu = _saved_bytes(timm.create_model('resnet20_relu').train(), x)
+    assert frelu < 1.25 * relu
 
 
 def test_autocast_and_gradient_checkpointing_train():

@@ -16,7 +16,7 @@ Design choices, both invisible to the formula:
   sets its effective learning rate, so we keep our own Kaiming fan-in init out of reach of
   model-wide conv inits.
 """
-from typing import Optional
+from typing import Any, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -123,53 +123,116 @@ class FReLU(nn.Module):
     @torch.jit.unused
     def _efficient_training_forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        bn = self.bn
-        if bn.num_batches_tracked is not None:
-            bn.num_batches_tracked.add_(1)
-        momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-        return _FReLUTrainFunction.apply(
-            x, self.weight, self.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var, momentum, bn.eps,
-            self.kernel_size // 2)
+        return _FReLUTrainFunction.apply(x, None, *_batch_norm_args(None), *self._funnel_args())
+
+    @torch.jit.unused
+    def forward_after_norm(
+            self, x: torch.Tensor, norm: nn.Module, shortcut: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``self(norm(x) + shortcut)``, ``shortcut`` optional: a residual block's BN -> FReLU step.
+
+        In training with a stock BatchNorm2d, one autograd node that keeps ``x`` (and
+        ``shortcut``) for backward instead of the BN output or the sum, which it recomputes:
+        ``x`` is the conv output and ``shortcut`` the block input, which the layers around
+        keep anyway. Otherwise the plain modules, one after the other.
+        """
+        if self.efficient and self._can_use_efficient_training(x) and _is_stock_batch_norm(norm):
+            self._check_input(x)
+            return _FReLUTrainFunction.apply(x, shortcut, *_batch_norm_args(norm), *self._funnel_args())
+        x = norm(x)
+        if shortcut is not None:
+            x = x + shortcut
+        return self(x)
+
+    def _funnel_args(self) -> Tuple[Any, ...]:
+        return (self.weight, self.bias, *_batch_norm_args(self.bn), self.kernel_size // 2)
 
     def extra_repr(self) -> str:
         return f'{self.weight.shape[0]}, kernel_size={self.kernel_size}, bias={self.bias is not None}'
 
 
+def _is_stock_batch_norm(norm: nn.Module) -> bool:
+    return type(norm) is nn.BatchNorm2d and norm.track_running_stats and norm.affine
+
+
+def _batch_norm_args(bn: Optional[nn.BatchNorm2d]) -> Tuple[Any, ...]:
+    """What ``native_batch_norm`` needs from a training-mode BN, counting the batch as BN's own
+    forward would; all None for no BN."""
+    if bn is None:
+        return None, None, None, None, None, None
+    if bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+    momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+    return bn.weight, bn.bias, bn.running_mean, bn.running_var, momentum, bn.eps
+
+
+def _apply_batch_norm(x, weight, bias, batch_mean, batch_invstd):
+    """A training-mode BN's output from its input and its batch statistics, recomputed."""
+    scale = batch_invstd * weight
+    shift = bias - batch_mean * scale
+    return torch.addcmul(shift.view(1, -1, 1, 1), x, scale.view(1, -1, 1, 1))
+
+
 class _FReLUTrainFunction(torch.autograd.Function):
-    """FReLU in training mode, keeping for backward only the input, a one-byte mask of where the
-    funnel won, and the BN batch statistics; the depthwise conv is recomputed in backward.
+    """FReLU in training mode, ``frelu(norm(x) + shortcut)`` with the BN ``norm`` and the residual
+    ``shortcut`` optional. For backward it keeps only ``x`` (and ``shortcut``), a one-byte mask of
+    where the funnel won, and the BN batch statistics; the BN output, the sum and the depthwise
+    conv are recomputed.
 
     The reference ops keep the conv output, the BN output and both inputs of the max: two more
-    activation-sized tensors per FReLU than this function's quarter-sized mask.
+    activation-sized tensors per FReLU than this function's quarter-sized mask, three more when it
+    also takes over the BN before it.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, bn_weight, bn_bias, running_mean, running_var, momentum, eps, padding):
+    def forward(ctx, x, shortcut, norm_weight, norm_bias, norm_running_mean, norm_running_var, norm_momentum,
+                norm_eps, weight, bias, bn_weight, bn_bias, running_mean, running_var, momentum, eps, padding):
+        has_norm = norm_weight is not None
+        act_input = x
+        norm_mean = norm_invstd = None
+        if has_norm:
+            act_input, norm_mean, norm_invstd = torch.native_batch_norm(
+                x, norm_weight, norm_bias, norm_running_mean, norm_running_var, True, norm_momentum, norm_eps)
+        if shortcut is not None:
+            act_input = act_input.add_(shortcut) if has_norm else act_input + shortcut
         channels = weight.shape[0]
-        conv = F.conv2d(x, weight, bias, padding=padding, groups=channels)
+        conv = F.conv2d(act_input, weight, bias, padding=padding, groups=channels)
         condition, batch_mean, batch_invstd = torch.native_batch_norm(
             conv, bn_weight, bn_bias, running_mean, running_var, True, momentum, eps)
         # uint8, not bool: on CPU, multiplying by a bool tensor takes a slower path than by uint8.
-        funnel_wins = (condition > x).view(torch.uint8)
-        ctx.save_for_backward(x, weight, bias, bn_weight, batch_mean, batch_invstd, funnel_wins)
-        ctx.eps, ctx.padding = eps, padding
-        return torch.maximum(condition, x)
+        funnel_wins = (condition > act_input).view(torch.uint8)
+        ctx.save_for_backward(x, shortcut, norm_weight, norm_bias, norm_mean, norm_invstd,
+                              weight, bias, bn_weight, batch_mean, batch_invstd, funnel_wins)
+        ctx.norm_eps, ctx.eps, ctx.padding = norm_eps, eps, padding
+        return torch.maximum(condition, act_input)
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight, bias, bn_weight, batch_mean, batch_invstd, funnel_wins = ctx.saved_tensors
+        (x, shortcut, norm_weight, norm_bias, norm_mean, norm_invstd,
+         weight, bias, bn_weight, batch_mean, batch_invstd, funnel_wins) = ctx.saved_tensors
+        has_norm = norm_weight is not None
+        act_input = _apply_batch_norm(x, norm_weight, norm_bias, norm_mean, norm_invstd) if has_norm else x
+        if shortcut is not None:
+            act_input = act_input.add_(shortcut) if has_norm else act_input + shortcut
         channels = weight.shape[0]
         grad_condition = grad_out * funnel_wins
-        grad_x = grad_out - grad_condition
-        conv = F.conv2d(x, weight, bias, padding=ctx.padding, groups=channels)
+        grad_act_input = grad_out - grad_condition
+        conv = F.conv2d(act_input, weight, bias, padding=ctx.padding, groups=channels)
         grad_conv, grad_bn_weight, grad_bn_bias = torch.ops.aten.native_batch_norm_backward(
             grad_condition, conv, bn_weight, None, None, batch_mean, batch_invstd, True, ctx.eps, [True, True, True])
-        grad_x_conv, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-            grad_conv, x, weight, [channels] if bias is not None else None, [1, 1], [ctx.padding] * 2, [1, 1],
-            False, [0, 0], channels, [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None])
-        if grad_x_conv is not None:
-            grad_x = grad_x_conv.add_(grad_x)
-        return grad_x, grad_weight, grad_bias, grad_bn_weight, grad_bn_bias, None, None, None, None, None
+        needs_input_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or has_norm
+        grad_conv_input, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+            grad_conv, act_input, weight, [channels] if bias is not None else None, [1, 1], [ctx.padding] * 2,
+            [1, 1], False, [0, 0], channels, [needs_input_grad, ctx.needs_input_grad[8], bias is not None])
+        if grad_conv_input is not None:
+            grad_act_input = grad_conv_input.add_(grad_act_input)
+        grad_x, grad_norm_weight, grad_norm_bias = grad_act_input, None, None
+        if has_norm:
+            grad_x, grad_norm_weight, grad_norm_bias = torch.ops.aten.native_batch_norm_backward(
+                grad_act_input, x, norm_weight, None, None, norm_mean, norm_invstd, True, ctx.norm_eps,
+                [ctx.needs_input_grad[0], True, True])
+        grad_shortcut = grad_act_input if shortcut is not None and ctx.needs_input_grad[1] else None
+        return (grad_x, grad_shortcut, grad_norm_weight, grad_norm_bias, None, None, None, None,
+                grad_weight, grad_bias, grad_bn_weight, grad_bn_bias, None, None, None, None, None)
 
 
 class LazyFReLU(LazyModuleMixin, FReLU):

@@ -24,8 +24,10 @@ it survives timm's JSON config export:
 Pretrained tags ``cifar10`` and ``cifar100`` describe the CIFAR-stem models at 32x32 input.
 A name without a tag resolves to its first tag, ``cifar10``, as everywhere in timm.
 """
+from collections import OrderedDict
 from typing import Any, Dict, Optional, Tuple, Type, Union
 
+import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import LayerType, create_classifier, get_act_layer, get_norm_layer
@@ -33,10 +35,10 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet, make_blocks
 
 from ..data.constants import CIFAR_MEAN_STD, CIFAR_NUM_CLASSES
-from ..layers import BLOCK_ACTIVATIONS, create_block_act
+from ..layers import BLOCK_ACTIVATIONS, FReLU, create_block_act
 from ._weights import WeightsNotFound, checkpoints_dir, hub_repo_id, pretrained_weights, shipped_weights
 
-__all__ = ['ActResNet', 'CifarResNet', 'ACT_LAYOUTS', 'STEMS', 'set_block_activations']
+__all__ = ['ActResNet', 'CifarResNet', 'FReLUStage', 'ACT_LAYOUTS', 'STEMS', 'set_block_activations']
 
 ACT_LAYOUTS = ('paper', 'all')
 STEMS = ('cifar', 'imagenet')
@@ -52,11 +54,65 @@ def set_block_activations(model: ResNet, block_act: str, act_layout: str) -> Non
         return  # timm's blocks already have it
     num_stages = len(model.feature_info) - 1
     for stage in range(PAPER_STAGES if act_layout == 'paper' else num_stages):
-        for block in getattr(model, f'layer{stage + 1}'):
-            for i in range(1, 4 if isinstance(block, Bottleneck) else 3):
+        blocks = getattr(model, f'layer{stage + 1}')
+        for block in blocks:
+            for i in range(1, _num_convs(block) + 1):
                 bn = getattr(block, f'bn{i}')
                 act = create_block_act(block_act, bn.num_features)
                 setattr(block, f'act{i}', act.to(device=bn.weight.device, dtype=bn.weight.dtype))
+        if block_act == 'frelu':
+            setattr(model, f'layer{stage + 1}', FReLUStage(OrderedDict(blocks.named_children())))
+
+
+def _num_convs(block: nn.Module) -> int:
+    return 3 if isinstance(block, Bottleneck) else 2
+
+
+class FReLUStage(nn.Sequential):
+    """A stage of FReLU blocks that, in training, runs each block's BN -> FReLU steps (and the
+    residual add before the last FReLU) as single autograd nodes; see ``FReLU.forward_after_norm``.
+
+    This keeps the BN outputs and the residual sums out of the tensors saved for backward, which
+    FReLU would otherwise need on top of what a ReLU block keeps. The modules, their names and
+    the state dict are those of the plain ``nn.Sequential`` stage. Blocks with a drop-block,
+    anti-aliasing, attention or stochastic-depth module run their own forward; so does every
+    block in eval mode, under TorchScript and under timm's gradient checkpointing, which calls
+    the blocks one by one.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting() and self.training and torch.is_grad_enabled():
+            return self._lean_forward(x)
+        for block in self:
+            x = block(x)
+        return x
+
+    @torch.jit.unused
+    def _lean_forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self:
+            x = _lean_block_forward(block, x) if _has_plain_layout(block) else block(x)
+        return x
+
+
+def _has_plain_layout(block: nn.Module) -> bool:
+    """True when a BasicBlock or Bottleneck is conv -> BN -> activation throughout, its last
+    activation after the residual add, and every activation an FReLU."""
+    return (isinstance(block, (BasicBlock, Bottleneck)) and not block._forward_hooks and not block._forward_pre_hooks
+            and isinstance(block.drop_block, nn.Identity) and isinstance(block.aa, nn.Identity)
+            and block.se is None and block.drop_path is None
+            and all(isinstance(getattr(block, f'act{i}'), FReLU) for i in range(1, _num_convs(block) + 1)))
+
+
+def _lean_block_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    shortcut = x
+    num_convs = _num_convs(block)
+    for i in range(1, num_convs + 1):
+        x = getattr(block, f'conv{i}')(x)
+        if i < num_convs:
+            x = getattr(block, f'act{i}').forward_after_norm(x, getattr(block, f'bn{i}'))
+    if block.downsample is not None:
+        shortcut = block.downsample(shortcut)
+    return getattr(block, f'act{num_convs}').forward_after_norm(x, getattr(block, f'bn{num_convs}'), shortcut)
 
 
 class ActResNet(ResNet):
