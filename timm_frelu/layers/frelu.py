@@ -115,9 +115,8 @@ class FReLU(nn.Module):
     def _can_use_efficient_training(self, x: torch.Tensor) -> bool:
         """The custom autograd path covers plain fp32/fp16/bf16 training with a stock BatchNorm2d;
         anything else (eval, autocast, SyncBatchNorm, tracing for export) takes the reference ops."""
-        bn = self.bn
-        return (self.training and torch.is_grad_enabled() and type(bn) is nn.BatchNorm2d and bn.track_running_stats
-                and bn.affine and not torch.is_autocast_enabled(x.device.type) and not torch.compiler.is_compiling()
+        return (self.training and torch.is_grad_enabled() and _is_stock_batch_norm(self.bn)
+                and not torch.is_autocast_enabled(x.device.type) and not torch.compiler.is_compiling()
                 and not torch.jit.is_tracing() and x.dim() == 4)
 
     @torch.jit.unused
