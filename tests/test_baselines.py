@@ -9,7 +9,7 @@ from timm.layers import get_act_layer
 
 from timm_frelu import DyReLUA, DyReLUB, FReLU
 from timm_frelu.layers import DyReLU
-from timm_frelu.models import ACTS, ARCHS
+from timm_frelu.models import ACTS, ARCHS, FReLUStage
 
 BASELINES = ('relu', 'swish', 'mish', 'dyrelua', 'dyrelub')
 ACTIVATION_TYPES = (FReLU, DyReLU, nn.ReLU, nn.SiLU, nn.Mish)
@@ -25,7 +25,8 @@ def test_every_arch_has_the_whole_comparison_family():
 
 
 def _structure(model):
-    """(activation positions, everything else) of a model's module tree."""
+    """(activation positions, everything else) of a model's module tree. A FReLUStage counts as the
+    nn.Sequential it subclasses: it holds the same blocks and changes only how training runs them."""
     acts, rest = [], {}
     inside_act = ()
     for name, module in model.named_modules():
@@ -35,7 +36,8 @@ def _structure(model):
             acts.append(name)
             inside_act = tuple(f'{a}.' for a in acts)
             continue
-        rest[name] = (type(module), [tuple(p.shape) for p in module.parameters(recurse=False)])
+        module_type = nn.Sequential if isinstance(module, FReLUStage) else type(module)
+        rest[name] = (module_type, [tuple(p.shape) for p in module.parameters(recurse=False)])
     return acts, rest
 
 

@@ -9,7 +9,7 @@ import torch
 
 import timm_frelu
 from timm_frelu import FReLU, FusedFReLU
-from timm_frelu.models.resnet import FReLUStage
+from timm_frelu.models import FReLUStage
 
 
 def _pair(channels=8, bias=False, momentum=0.1):

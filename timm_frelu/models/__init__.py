@@ -1,1 +1,1 @@
-from .resnet import ACT_LAYOUTS, ACTS, ARCHS, STEMS, ActResNet, CifarResNet, set_block_activations
+from .resnet import ACT_LAYOUTS, ACTS, ARCHS, STEMS, ActResNet, CifarResNet, FReLUStage, set_block_activations
