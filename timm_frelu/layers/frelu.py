@@ -172,10 +172,10 @@ def _apply_batch_norm(x, weight, bias, batch_mean, batch_invstd):
 
 
 class _FReLUTrainFunction(torch.autograd.Function):
-    """FReLU in training mode, ``frelu(norm(x) + shortcut)`` with the BN ``norm`` and the residual
-    ``shortcut`` optional. For backward it keeps only ``x`` (and ``shortcut``), a one-byte mask of
-    where the funnel won, and the BN batch statistics; the BN output, the sum and the depthwise
-    conv are recomputed.
+    """FReLU in training mode, ``frelu(norm(x) + shortcut)`` with the BN ``norm`` optional and the
+    residual ``shortcut`` only with a BN, as it is added in place to the BN's fresh output. For
+    backward it keeps only ``x`` (and ``shortcut``), a one-byte mask of where the funnel won, and
+    the BN batch statistics; the BN output, the sum and the depthwise conv are recomputed.
 
     The reference ops keep the conv output, the BN output and both inputs of the max: two more
     activation-sized tensors per FReLU than this function's quarter-sized mask, three more when it
@@ -191,8 +191,8 @@ class _FReLUTrainFunction(torch.autograd.Function):
         if has_norm:
             act_input, norm_mean, norm_invstd = torch.native_batch_norm(
                 x, norm_weight, norm_bias, norm_running_mean, norm_running_var, True, norm_momentum, norm_eps)
-        if shortcut is not None:
-            act_input = act_input.add_(shortcut) if has_norm else act_input + shortcut
+            if shortcut is not None:
+                act_input.add_(shortcut)
         channels = weight.shape[0]
         conv = F.conv2d(act_input, weight, bias, padding=padding, groups=channels)
         condition, batch_mean, batch_invstd = torch.native_batch_norm(
@@ -209,9 +209,11 @@ class _FReLUTrainFunction(torch.autograd.Function):
         (x, shortcut, norm_weight, norm_bias, norm_mean, norm_invstd,
          weight, bias, bn_weight, batch_mean, batch_invstd, funnel_wins) = ctx.saved_tensors
         has_norm = norm_weight is not None
-        act_input = _apply_batch_norm(x, norm_weight, norm_bias, norm_mean, norm_invstd) if has_norm else x
-        if shortcut is not None:
-            act_input = act_input.add_(shortcut) if has_norm else act_input + shortcut
+        act_input = x
+        if has_norm:
+            act_input = _apply_batch_norm(x, norm_weight, norm_bias, norm_mean, norm_invstd)
+            if shortcut is not None:
+                act_input.add_(shortcut)
         channels = weight.shape[0]
         grad_condition = grad_out * funnel_wins
         grad_act_input = grad_out - grad_condition
