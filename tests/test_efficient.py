@@ -39,8 +39,11 @@ def _assert_trains_like(efficient, naive, x):
             input_grads.append(xi.grad)
         assert torch.allclose(outputs[0], outputs[1], atol=1e-5)
         assert torch.allclose(input_grads[0], input_grads[1], atol=1e-5)
+    # Rounding noise scales with the largest gradient: the conv bias's true gradient is zero (the
+    # BN after it cancels it), so each implementation's is noise of that size.
+    grad_scale = max(q.grad.abs().max().item() for q in naive.parameters())
     for (name, p), q in zip(efficient.named_parameters(), naive.parameters()):
-        assert torch.allclose(p.grad, q.grad, atol=1e-4, rtol=1e-4), name
+        assert torch.allclose(p.grad, q.grad, atol=1e-5 * grad_scale, rtol=1e-4), name
     for (name, b), c in zip(efficient.named_buffers(), naive.buffers()):
         assert torch.allclose(b.float(), c.float(), atol=1e-6), name
 

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
 
+from .cpu_kernels import cpu_kernels, cpu_kernels_apply
+
 __all__ = ['FReLU', 'LazyFReLU', 'create_frelu', 'frelu_reference']
 
 
@@ -175,7 +177,10 @@ class _FReLUTrainFunction(torch.autograd.Function):
     """FReLU in training mode, ``frelu(norm(x) + shortcut)`` with the BN ``norm`` optional and the
     residual ``shortcut`` only with a BN, as it is added in place to the BN's fresh output. For
     backward it keeps only ``x`` (and ``shortcut``), a one-byte mask of where the funnel won, and
-    the BN batch statistics; the BN output, the sum and the depthwise conv are recomputed.
+    the BN batch statistics; the BN output, the sum and the depthwise conv are recomputed. On CPU,
+    for fp32 channels_last input, all but the BN's backward runs in the fused kernels of
+    :mod:`timm_frelu.layers.cpu_kernels`, which never store the BN output or the sum; elsewhere
+    in stock torch ops.
 
     The reference ops keep the conv output, the BN output and both inputs of the max: two more
     activation-sized tensors per FReLU than this function's quarter-sized mask, three more when it
@@ -186,46 +191,43 @@ class _FReLUTrainFunction(torch.autograd.Function):
     def forward(ctx, x, shortcut, norm_weight, norm_bias, norm_running_mean, norm_running_var, norm_momentum,
                 norm_eps, weight, bias, bn_weight, bn_bias, running_mean, running_var, momentum, eps, padding):
         has_norm = norm_weight is not None
-        act_input = x
-        norm_mean = norm_invstd = None
-        if has_norm:
-            act_input, norm_mean, norm_invstd = torch.native_batch_norm(
-                x, norm_weight, norm_bias, norm_running_mean, norm_running_var, True, norm_momentum, norm_eps)
-            if shortcut is not None:
-                act_input.add_(shortcut)
-        channels = weight.shape[0]
-        conv = F.conv2d(act_input, weight, bias, padding=padding, groups=channels)
-        condition, batch_mean, batch_invstd = torch.native_batch_norm(
-            conv, bn_weight, bn_bias, running_mean, running_var, True, momentum, eps)
-        # uint8, not bool: on CPU, multiplying by a bool tensor takes a slower path than by uint8.
-        funnel_wins = (condition > act_input).view(torch.uint8)
+        assert shortcut is None or has_norm, 'the shortcut is added to the BN output: pass the BN with it'
+        ctx.fused = cpu_kernels_apply(x, shortcut)
+        if ctx.fused:
+            out, funnel_wins, batch_mean, batch_invstd, batch_var, norm_mean, norm_invstd, norm_var = \
+                cpu_kernels().forward(x, shortcut, norm_weight, norm_bias, norm_eps if has_norm else 0.0, weight, bias,
+                                      bn_weight, bn_bias, eps)
+            _update_running_statistics(running_mean, running_var, batch_mean, batch_var, momentum, x)
+            if has_norm:
+                _update_running_statistics(norm_running_mean, norm_running_var, norm_mean, norm_var, norm_momentum, x)
+        else:
+            out, funnel_wins, batch_mean, batch_invstd, norm_mean, norm_invstd = _funnel_forward(
+                x, shortcut, norm_weight, norm_bias, norm_running_mean, norm_running_var, norm_momentum, norm_eps,
+                weight, bias, bn_weight, bn_bias, running_mean, running_var, momentum, eps, padding)
         ctx.save_for_backward(x, shortcut, norm_weight, norm_bias, norm_mean, norm_invstd,
                               weight, bias, bn_weight, batch_mean, batch_invstd, funnel_wins)
         ctx.norm_eps, ctx.eps, ctx.padding = norm_eps, eps, padding
-        return torch.maximum(condition, act_input)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
         (x, shortcut, norm_weight, norm_bias, norm_mean, norm_invstd,
          weight, bias, bn_weight, batch_mean, batch_invstd, funnel_wins) = ctx.saved_tensors
         has_norm = norm_weight is not None
-        act_input = x
-        if has_norm:
-            act_input = _apply_batch_norm(x, norm_weight, norm_bias, norm_mean, norm_invstd)
-            if shortcut is not None:
-                act_input.add_(shortcut)
-        channels = weight.shape[0]
-        grad_condition = grad_out * funnel_wins
-        grad_act_input = grad_out - grad_condition
-        conv = F.conv2d(act_input, weight, bias, padding=ctx.padding, groups=channels)
-        grad_conv, grad_bn_weight, grad_bn_bias = torch.ops.aten.native_batch_norm_backward(
-            grad_condition, conv, bn_weight, None, None, batch_mean, batch_invstd, True, ctx.eps, [True, True, True])
-        needs_input_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or has_norm
-        grad_conv_input, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-            grad_conv, act_input, weight, [channels] if bias is not None else None, [1, 1], [ctx.padding] * 2,
-            [1, 1], False, [0, 0], channels, [needs_input_grad, ctx.needs_input_grad[8], bias is not None])
-        if grad_conv_input is not None:
-            grad_act_input = grad_conv_input.add_(grad_act_input)
+        if ctx.fused:
+            grad_act_input, grad_weight, grad_bias, grad_bn_weight, grad_bn_bias = cpu_kernels().backward(
+                grad_out, x, shortcut, norm_weight, norm_bias, norm_mean, norm_invstd, funnel_wins,
+                weight, bias, bn_weight, batch_mean, batch_invstd)
+        else:
+            act_input = x
+            if has_norm:
+                act_input = _apply_batch_norm(x, norm_weight, norm_bias, norm_mean, norm_invstd)
+                if shortcut is not None:
+                    act_input.add_(shortcut)
+            needs_input_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or has_norm
+            grad_act_input, grad_weight, grad_bias, grad_bn_weight, grad_bn_bias = _funnel_backward(
+                grad_out, act_input, funnel_wins, weight, bias, bn_weight, batch_mean, batch_invstd, ctx.padding,
+                ctx.eps, needs_input_grad, ctx.needs_input_grad[8])
         grad_x, grad_norm_weight, grad_norm_bias = grad_act_input, None, None
         if has_norm:
             grad_x, grad_norm_weight, grad_norm_bias = torch.ops.aten.native_batch_norm_backward(
@@ -234,6 +236,50 @@ class _FReLUTrainFunction(torch.autograd.Function):
         grad_shortcut = grad_act_input if shortcut is not None and ctx.needs_input_grad[1] else None
         return (grad_x, grad_shortcut, grad_norm_weight, grad_norm_bias, None, None, None, None,
                 grad_weight, grad_bias, grad_bn_weight, grad_bn_bias, None, None, None, None, None)
+
+
+def _funnel_forward(x, shortcut, norm_weight, norm_bias, norm_running_mean, norm_running_var, norm_momentum, norm_eps,
+                    weight, bias, bn_weight, bn_bias, running_mean, running_var, momentum, eps, padding):
+    """``frelu(norm(x) + shortcut)`` in training with stock ops: the output, the mask of where the
+    funnel won, and the batch mean and invstd of the funnel's BN and of ``norm`` (None without it)."""
+    act_input, norm_mean, norm_invstd = x, None, None
+    if norm_weight is not None:
+        act_input, norm_mean, norm_invstd = torch.native_batch_norm(
+            x, norm_weight, norm_bias, norm_running_mean, norm_running_var, True, norm_momentum, norm_eps)
+        if shortcut is not None:
+            act_input.add_(shortcut)
+    conv = F.conv2d(act_input, weight, bias, padding=padding, groups=weight.shape[0])
+    condition, batch_mean, batch_invstd = torch.native_batch_norm(
+        conv, bn_weight, bn_bias, running_mean, running_var, True, momentum, eps)
+    # uint8, not bool: on CPU, multiplying by a bool tensor takes a slower path than by uint8.
+    funnel_wins = (condition > act_input).view(torch.uint8)
+    return torch.maximum(condition, act_input), funnel_wins, batch_mean, batch_invstd, norm_mean, norm_invstd
+
+
+def _update_running_statistics(running_mean, running_var, batch_mean, batch_var, momentum, x):
+    """A training-mode BN's update of its running statistics, with the unbiased batch variance."""
+    count = x.numel() // x.shape[1]
+    running_mean.lerp_(batch_mean, momentum)
+    running_var.lerp_(batch_var * (count / (count - 1)), momentum)
+
+
+def _funnel_backward(grad_out, act_input, funnel_wins, weight, bias, bn_weight, batch_mean, batch_invstd, padding, eps,
+                     needs_input_grad, needs_weight_grad):
+    """Gradients of ``max(act_input, BN(depthwise_conv(act_input)))`` with stock ops: those of
+    ``act_input`` (only the direct path's unless ``needs_input_grad``), the conv's weight and bias,
+    and the BN's weight and bias."""
+    channels = weight.shape[0]
+    grad_condition = grad_out * funnel_wins
+    grad_act_input = grad_out - grad_condition
+    conv = F.conv2d(act_input, weight, bias, padding=padding, groups=channels)
+    grad_conv, grad_bn_weight, grad_bn_bias = torch.ops.aten.native_batch_norm_backward(
+        grad_condition, conv, bn_weight, None, None, batch_mean, batch_invstd, True, eps, [True, True, True])
+    grad_conv_input, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+        grad_conv, act_input, weight, [channels] if bias is not None else None, [1, 1], [padding] * 2,
+        [1, 1], False, [0, 0], channels, [needs_input_grad, needs_weight_grad, bias is not None])
+    if grad_conv_input is not None:
+        grad_act_input = grad_conv_input.add_(grad_act_input)
+    return grad_act_input, grad_weight, grad_bias, grad_bn_weight, grad_bn_bias
 
 
 class LazyFReLU(LazyModuleMixin, FReLU):

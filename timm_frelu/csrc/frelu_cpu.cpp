@@ -1,0 +1,521 @@
+// FReLU training kernels for CPU: fp32, channels_last (NHWC) activations.
+//
+// FReLU is y = max(a, BN(depthwise_conv(a))). With stock ops, training runs the depthwise conv,
+// BN's statistics and its output, the comparison and the max as separate passes over the
+// activation, and as many again in backward. Here forward is two passes (the conv's statistics,
+// then the BN'd condition, the max and the mask) and backward three (BN's gradient sums, the
+// conv's gradient with its weight gradient, then the input gradient). The depthwise conv is
+// cheap to recompute from the input rows around it, which are in cache, so no pass stores it.
+//
+// The unit of work is one image row, W * C contiguous floats in NHWC. A conv tap shifts a whole
+// row by whole pixels, so every inner loop runs over a contiguous span of a row, with
+// per-channel factors tiled to the row's length: long loops that the compiler vectorizes.
+
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace {
+
+struct Geometry {
+  int64_t N, H, W, C, K, P;
+  int64_t rows() const { return N * H; }
+  int64_t row_length() const { return W * C; }
+  int64_t count() const { return N * H * W; }
+  std::vector<int64_t> sizes() const { return {N, C, H, W}; }
+};
+
+// Float sums over this many rows at most before they go into double ones.
+constexpr int64_t kRowsPerFloatSum = 16;
+constexpr int64_t kRowGrain = 4;
+
+// How the FReLU input a is made from the tensor x a window reads: a = x, or, when FReLU takes
+// over the BN (and residual add) before it, a = x * scale + shift (+ shortcut), per-channel scale
+// and shift tiled over a row. a is then never stored: its rows are made as the window needs them.
+struct InputTransform {
+  const float* scale = nullptr;
+  const float* shift = nullptr;
+  const float* shortcut = nullptr;
+};
+
+void make_row(const float* __restrict__ x, const InputTransform& transform, int64_t row, int64_t L,
+              float* __restrict__ out) {
+  const float* __restrict__ src = x + row * L;
+  if (!transform.scale) {
+    std::copy(src, src + L, out);
+    return;
+  }
+  const float* __restrict__ scale = transform.scale;
+  const float* __restrict__ shift = transform.shift;
+  if (transform.shortcut) {
+    const float* __restrict__ shortcut = transform.shortcut + row * L;
+    for (int64_t t = 0; t < L; ++t) out[t] = src[t] * scale[t] + shift[t] + shortcut[t];
+  } else {
+    for (int64_t t = 0; t < L; ++t) out[t] = src[t] * scale[t] + shift[t];
+  }
+}
+
+// The K input rows around an output row, each held with P zero pixels on either side, and rows
+// outside the image all zeros, so the conv needs no bounds checks. Walking down an image copies
+// one new row per output row.
+class RowWindow {
+ public:
+  RowWindow(const float* input, const Geometry& g, const InputTransform& transform = {})
+      : input_(input), transform_(transform), g_(g), padded_length_((g.W + 2 * g.P) * g.C),
+        buffer_(g.K * padded_length_, 0.f), key_of_slot_(g.K, kZeroRow), slot_of_tap_row_(g.K) {}
+
+  void move_to(int64_t row) {
+    const int64_t n = row / g_.H, h = row % g_.H;
+    for (int64_t i = 0; i < g_.K; ++i) {
+      const int64_t hh = h + i - g_.P;
+      const int64_t slot = (hh + g_.K) % g_.K;
+      const int64_t key = (hh >= 0 && hh < g_.H) ? n * g_.H + hh : kZeroRow;
+      slot_of_tap_row_[i] = slot;
+      if (key_of_slot_[slot] == key) continue;
+      float* interior = buffer_.data() + slot * padded_length_ + g_.P * g_.C;
+      if (key == kZeroRow) {
+        std::fill(interior, interior + g_.row_length(), 0.f);
+      } else {
+        make_row(input_, transform_, key, g_.row_length(), interior);
+      }
+      key_of_slot_[slot] = key;
+    }
+  }
+
+  // Tap row i (0..K-1) of the current output row, starting at its left padding.
+  const float* tap_row(int64_t i) const { return buffer_.data() + slot_of_tap_row_[i] * padded_length_; }
+
+  // The current row itself (of a, after the transform), without padding.
+  const float* center_row() const { return tap_row(g_.P) + g_.P * g_.C; }
+
+ private:
+  static constexpr int64_t kZeroRow = -1;
+  const float* input_;
+  InputTransform transform_;
+  Geometry g_;
+  int64_t padded_length_;
+  std::vector<float> buffer_;
+  std::vector<int64_t> key_of_slot_, slot_of_tap_row_;
+};
+
+// B channels as one value of GCC's vector extension: one vector register when B floats fill it.
+// Unaligned, and allowed to alias the floats it is loaded from.
+template <int B>
+struct Lanes {
+  typedef float type __attribute__((vector_size(B * sizeof(float)), aligned(sizeof(float)), may_alias));
+};
+
+template <int B>
+inline typename Lanes<B>::type load(const float* p) {
+  return *reinterpret_cast<const typename Lanes<B>::type*>(p);
+}
+
+template <int B>
+inline void store(float* p, typename Lanes<B>::type v) {
+  *reinterpret_cast<typename Lanes<B>::type*>(p) = v;
+}
+
+// Pixels handled together: independent accumulators, so consecutive multiply-adds do not wait
+// for each other's results.
+constexpr int64_t kPixelBlock = 4;
+
+// out_row = bias + the depthwise conv at the window's row; taps are [K * K][C]. B channels at a
+// time (a compile-time width), kPixelBlock pixels at a time.
+template <int B>
+void conv_row(const RowWindow& window, const float* __restrict__ taps, const float* __restrict__ bias,
+              const Geometry& g, float* __restrict__ out_row) {
+  using V = typename Lanes<B>::type;
+  const int64_t C = g.C, K = g.K;
+  for (int64_t cb = 0; cb < C; cb += B) {
+    const V init = bias ? load<B>(bias + cb) : V{};
+    int64_t w = 0;
+    for (; w + kPixelBlock <= g.W; w += kPixelBlock) {
+      V acc[kPixelBlock];
+      for (int64_t u = 0; u < kPixelBlock; ++u) acc[u] = init;
+      for (int64_t i = 0; i < K; ++i) {
+        const float* row = window.tap_row(i) + w * C + cb;
+        for (int64_t j = 0; j < K; ++j) {
+          const V tap = load<B>(taps + (i * K + j) * C + cb);
+          for (int64_t u = 0; u < kPixelBlock; ++u) acc[u] += tap * load<B>(row + (j + u) * C);
+        }
+      }
+      for (int64_t u = 0; u < kPixelBlock; ++u) store<B>(out_row + (w + u) * C + cb, acc[u]);
+    }
+    for (; w < g.W; ++w) {
+      V acc = init;
+      for (int64_t i = 0; i < K; ++i) {
+        const float* row = window.tap_row(i) + w * C + cb;
+        for (int64_t j = 0; j < K; ++j) acc += load<B>(taps + (i * K + j) * C + cb) * load<B>(row + j * C);
+      }
+      store<B>(out_row + w * C + cb, acc);
+    }
+  }
+}
+
+// sum_taps[(i * K + j) * C + c] += sum over the row's pixels w of grad_row[w, c] * input[w + j - P, c]
+// in tap row i: the depthwise weight's gradient from one output row.
+template <int B>
+void add_tap_products(const RowWindow& window, const float* __restrict__ grad_row, const Geometry& g,
+                      float* __restrict__ sum_taps) {
+  using V = typename Lanes<B>::type;
+  const int64_t C = g.C, K = g.K;
+  for (int64_t cb = 0; cb < C; cb += B) {
+    for (int64_t i = 0; i < K; ++i) {
+      for (int64_t j = 0; j < K; ++j) {
+        const float* src = window.tap_row(i) + j * C + cb;
+        const float* grad = grad_row + cb;
+        V acc[kPixelBlock] = {};
+        int64_t w = 0;
+        for (; w + kPixelBlock <= g.W; w += kPixelBlock) {
+          for (int64_t u = 0; u < kPixelBlock; ++u) acc[u] += load<B>(grad + (w + u) * C) * load<B>(src + (w + u) * C);
+        }
+        for (; w < g.W; ++w) acc[0] += load<B>(grad + w * C) * load<B>(src + w * C);
+        float* sum = sum_taps + (i * K + j) * C + cb;
+        V total = load<B>(sum);
+        for (int64_t u = 0; u < kPixelBlock; ++u) total += acc[u];
+        store<B>(sum, total);
+      }
+    }
+  }
+}
+
+// Calls f with the widest channel block (16, 8, 4 or 1) that divides C.
+template <typename F>
+void with_channel_block(int64_t C, const F& f) {
+  if (C % 16 == 0) {
+    f(std::integral_constant<int, 16>());
+  } else if (C % 8 == 0) {
+    f(std::integral_constant<int, 8>());
+  } else if (C % 4 == 0) {
+    f(std::integral_constant<int, 4>());
+  } else {
+    f(std::integral_constant<int, 1>());
+  }
+}
+
+// Row loops are functions of their own, with restrict pointers as arguments: inside the lambdas,
+// pointers captured by reference could alias the stores, and the loops would not vectorize.
+
+void add_moments(const float* __restrict__ conv, float* __restrict__ sum, float* __restrict__ sumsq, int64_t n) {
+  for (int64_t t = 0; t < n; ++t) {
+    sum[t] += conv[t];
+    sumsq[t] += conv[t] * conv[t];
+  }
+}
+
+void funnel_max(const float* __restrict__ conv, const float* __restrict__ scale, const float* __restrict__ shift,
+                const float* __restrict__ input, float* __restrict__ out, uint8_t* __restrict__ wins, int64_t n) {
+  for (int64_t t = 0; t < n; ++t) {
+    const float condition = conv[t] * scale[t] + shift[t];
+    const bool funnel_wins = condition > input[t];
+    // torch.maximum propagates NaN from either side; a plain comparison would drop the condition's.
+    out[t] = (funnel_wins || condition != condition) ? condition : input[t];
+    wins[t] = funnel_wins;
+  }
+}
+
+void add_norm_grad_sums(const float* __restrict__ conv, const float* __restrict__ grad, const uint8_t* __restrict__ wins,
+                        const float* __restrict__ mean, const float* __restrict__ invstd, float* __restrict__ sum_grad,
+                        float* __restrict__ sum_grad_normed, int64_t n) {
+  for (int64_t t = 0; t < n; ++t) {
+    const float grad_condition = wins[t] ? grad[t] : 0.f;
+    sum_grad[t] += grad_condition;
+    sum_grad_normed[t] += grad_condition * ((conv[t] - mean[t]) * invstd[t]);
+  }
+}
+
+void conv_grad(const float* __restrict__ conv, const float* __restrict__ grad, const uint8_t* __restrict__ wins,
+               const float* __restrict__ k, const float* __restrict__ offset, const float* __restrict__ slope,
+               float* __restrict__ grad_conv, float* __restrict__ sum_grad_conv, int64_t n) {
+  for (int64_t t = 0; t < n; ++t) {
+    const float grad_condition = wins[t] ? grad[t] : 0.f;
+    grad_conv[t] = k[t] * grad_condition + offset[t] + slope[t] * conv[t];
+    sum_grad_conv[t] += grad_conv[t];
+  }
+}
+
+void add_products(const float* __restrict__ x, const float* __restrict__ y, float* __restrict__ sum, int64_t n) {
+  for (int64_t t = 0; t < n; ++t) sum[t] += x[t] * y[t];
+}
+
+void add_unselected(const float* __restrict__ grad, const uint8_t* __restrict__ wins, float* __restrict__ out, int64_t n) {
+  for (int64_t t = 0; t < n; ++t) out[t] += wins[t] ? 0.f : grad[t];
+}
+
+void flush(float* __restrict__ partial, double* __restrict__ total, int64_t n) {
+  for (int64_t t = 0; t < n; ++t) {
+    total[t] += partial[t];
+    partial[t] = 0.f;
+  }
+}
+
+// Sums over rows [r0, r1) into `total` (doubles, `width` of them): `sum_row(row, partial)` adds one
+// row into float partial sums, which go into the doubles every kRowsPerFloatSum rows.
+template <typename F>
+void sum_rows(int64_t r0, int64_t r1, int64_t width, double* total, const F& sum_row) {
+  std::vector<float> partial(width, 0.f);
+  for (int64_t r = r0; r < r1; ++r) {
+    sum_row(r, partial.data());
+    if ((r - r0 + 1) % kRowsPerFloatSum == 0 || r + 1 == r1) flush(partial.data(), total, width);
+  }
+}
+
+// Rows split into one chunk per thread: each chunk sums into its own accumulators, which are
+// then added in chunk order, so results do not depend on scheduling.
+template <typename F>
+at::Tensor sum_over_row_chunks(const Geometry& g, int64_t width, const F& sum_chunk) {
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), g.rows()));
+  at::Tensor partial = at::zeros({chunks, width}, at::kDouble);
+  double* partial_data = partial.data_ptr<double>();
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      const int64_t r0 = g.rows() * chunk / chunks, r1 = g.rows() * (chunk + 1) / chunks;
+      sum_chunk(r0, r1, partial_data + chunk * width);
+    }
+  });
+  return partial.sum(0);
+}
+
+// Per-channel sums tiled over a row ([..., W * C]) folded to [..., C].
+at::Tensor fold_row(const at::Tensor& tiled, const Geometry& g) {
+  auto sizes = tiled.sizes().vec();
+  sizes.back() = g.W;
+  sizes.push_back(g.C);
+  return tiled.view(sizes).sum(-2);
+}
+
+void check_activation(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.dim() == 4 &&
+                  t.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "FReLU CPU kernel: ", name, " must be a 4-D float32 CPU tensor in channels_last layout");
+}
+
+Geometry geometry(const at::Tensor& a, const at::Tensor& weight) {
+  const int64_t K = weight.size(2);
+  return {a.size(0), a.size(2), a.size(3), a.size(1), K, K / 2};
+}
+
+// A per-channel vector [C] repeated for every pixel of a row: [W * C], float.
+at::Tensor tile(const at::Tensor& per_channel, const Geometry& g) {
+  return per_channel.to(at::kFloat).repeat({g.W}).contiguous();
+}
+
+// The depthwise kernel [C, 1, K, K] as taps [K * K][C]; `flip` gives the kernel of the transposed
+// conv, which maps the output's gradient back to the input.
+at::Tensor tap_major(const at::Tensor& weight, const Geometry& g, bool flip) {
+  at::Tensor w = weight.to(at::kFloat).reshape({g.C, g.K, g.K});
+  if (flip) w = w.flip({1, 2});
+  return w.reshape({g.C, g.K * g.K}).t().contiguous();
+}
+
+const float* data_or_null(const c10::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() ? t->data_ptr<float>() : nullptr;
+}
+
+// Runs row_op(window, row) over all rows, in parallel, each thread walking its rows in order.
+template <typename F>
+void for_each_row(const float* input, const InputTransform& transform, const Geometry& g, const F& row_op) {
+  at::parallel_for(0, g.rows(), kRowGrain, [&](int64_t r0, int64_t r1) {
+    RowWindow window(input, g, transform);
+    std::vector<float> scratch(g.row_length());
+    for (int64_t r = r0; r < r1; ++r) {
+      window.move_to(r);
+      row_op(window, r, scratch.data());
+    }
+  });
+}
+
+// Sums row_op(window, row, scratch, partial) over all rows into `width` doubles; see
+// sum_over_row_chunks.
+template <typename F>
+at::Tensor sum_each_row(const float* input, const InputTransform& transform, const Geometry& g, int64_t width,
+                        const F& row_op) {
+  return sum_over_row_chunks(g, width, [&](int64_t r0, int64_t r1, double* total) {
+    RowWindow window(input, g, transform);
+    std::vector<float> scratch(g.row_length());
+    sum_rows(r0, r1, width, total, [&](int64_t r, float* partial) {
+      window.move_to(r);
+      row_op(window, r, scratch.data(), partial);
+    });
+  });
+}
+
+// Mean and biased variance per channel from tiled sums and sums of squares ([2, W * C]).
+std::pair<at::Tensor, at::Tensor> moments_to_statistics(const at::Tensor& sums, const Geometry& g) {
+  const at::Tensor folded = fold_row(sums.view({2, g.row_length()}), g);
+  const double count = static_cast<double>(g.count());
+  const at::Tensor mean = folded[0] / count;
+  return {mean, (folded[1] / count - mean * mean).clamp_min(0)};
+}
+
+// The BN before FReLU (and the residual add after it) as an InputTransform, with its scale and
+// shift tiled into `storage`.
+InputTransform norm_transform(const c10::optional<at::Tensor>& shortcut, const at::Tensor& norm_weight,
+                              const at::Tensor& norm_bias, const at::Tensor& norm_mean, const at::Tensor& norm_invstd,
+                              const Geometry& g, std::vector<at::Tensor>& storage) {
+  const at::Tensor scale_d = norm_invstd.to(at::kDouble) * norm_weight.to(at::kDouble);
+  storage = {tile(scale_d, g), tile(norm_bias.to(at::kDouble) - norm_mean.to(at::kDouble) * scale_d, g)};
+  InputTransform transform;
+  transform.scale = storage[0].data_ptr<float>();
+  transform.shift = storage[1].data_ptr<float>();
+  if (shortcut.has_value() && shortcut->defined()) {
+    check_activation(*shortcut, "shortcut");
+    TORCH_CHECK(shortcut->sizes().vec() == g.sizes(), "FReLU CPU kernel: shortcut must be shaped like the input");
+    transform.shortcut = shortcut->data_ptr<float>();
+  }
+  return transform;
+}
+
+// FReLU of a = x, or of a = norm(x) (+ shortcut) with `norm` a training-mode BN given by its
+// weight and bias. Returns out, mask (uint8), and the batch mean, invstd and biased variance of
+// the funnel's BN, then of `norm` (undefined without it).
+std::vector<at::Tensor> forward(const at::Tensor& x, const c10::optional<at::Tensor>& shortcut,
+                                const c10::optional<at::Tensor>& norm_weight, const c10::optional<at::Tensor>& norm_bias,
+                                double norm_eps, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                                const at::Tensor& bn_weight, const at::Tensor& bn_bias, double eps) {
+  check_activation(x, "input");
+  const Geometry g = geometry(x, weight);
+  const int64_t L = g.row_length();
+  const at::Tensor taps = tap_major(weight, g, false);
+  const float* taps_data = taps.data_ptr<float>();
+  const float* bias_data = data_or_null(bias);
+  const float* x_data = x.data_ptr<float>();
+  at::Tensor out = at::empty_like(x);
+  at::Tensor mask = at::empty_like(x, x.options().dtype(at::kByte));
+  at::Tensor mean, invstd, var, norm_mean, norm_invstd, norm_var;
+
+  InputTransform transform;
+  std::vector<at::Tensor> transform_storage;
+  if (norm_weight.has_value() && norm_weight->defined()) {
+    const at::Tensor norm_sums = sum_over_row_chunks(g, 2 * L, [&](int64_t r0, int64_t r1, double* total) {
+      sum_rows(r0, r1, 2 * L, total, [&](int64_t r, float* partial) {
+        add_moments(x_data + r * L, partial, partial + L, L);
+      });
+    });
+    std::tie(norm_mean, norm_var) = moments_to_statistics(norm_sums, g);
+    norm_invstd = (norm_var + norm_eps).rsqrt();
+    transform = norm_transform(shortcut, *norm_weight, *norm_bias, norm_mean, norm_invstd, g, transform_storage);
+  } else {
+    TORCH_CHECK(!(shortcut.has_value() && shortcut->defined()), "FReLU CPU kernel: a shortcut needs the BN before it");
+  }
+
+  with_channel_block(g.C, [&](auto block) {
+    constexpr int B = decltype(block)::value;
+    const at::Tensor moments = sum_each_row(x_data, transform, g, 2 * L, [&](const RowWindow& window, int64_t,
+                                                                             float* conv, float* partial) {
+      conv_row<B>(window, taps_data, bias_data, g, conv);
+      add_moments(conv, partial, partial + L, L);
+    });
+    std::tie(mean, var) = moments_to_statistics(moments, g);
+    invstd = (var + eps).rsqrt();
+    const at::Tensor scale_d = invstd * bn_weight.to(at::kDouble);
+    const at::Tensor scale = tile(scale_d, g), shift = tile(bn_bias.to(at::kDouble) - mean * scale_d, g);
+    const float* scale_data = scale.data_ptr<float>();
+    const float* shift_data = shift.data_ptr<float>();
+    float* out_data = out.data_ptr<float>();
+    uint8_t* mask_data = mask.data_ptr<uint8_t>();
+    for_each_row(x_data, transform, g, [&](const RowWindow& window, int64_t r, float* conv) {
+      conv_row<B>(window, taps_data, bias_data, g, conv);
+      funnel_max(conv, scale_data, shift_data, window.center_row(), out_data + r * L, mask_data + r * L, L);
+    });
+  });
+  const auto to_float = [](const at::Tensor& t) { return t.defined() ? t.to(at::kFloat) : t; };
+  return {out, mask, to_float(mean), to_float(invstd), to_float(var),
+          to_float(norm_mean), to_float(norm_invstd), to_float(norm_var)};
+}
+
+// The gradients of forward's a (not x: `norm`'s backward is left to the caller), of the depthwise
+// weight, its bias (undefined without one), and of the funnel BN's weight and bias.
+std::vector<at::Tensor> backward(const at::Tensor& grad_out_any, const at::Tensor& x,
+                                 const c10::optional<at::Tensor>& shortcut, const c10::optional<at::Tensor>& norm_weight,
+                                 const c10::optional<at::Tensor>& norm_bias, const c10::optional<at::Tensor>& norm_mean,
+                                 const c10::optional<at::Tensor>& norm_invstd, const at::Tensor& mask,
+                                 const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                                 const at::Tensor& bn_weight, const at::Tensor& mean, const at::Tensor& invstd) {
+  check_activation(x, "input");
+  const at::Tensor grad_out = grad_out_any.contiguous(at::MemoryFormat::ChannelsLast);
+  check_activation(grad_out, "grad_out");
+  TORCH_CHECK(mask.scalar_type() == at::kByte && mask.is_contiguous(at::MemoryFormat::ChannelsLast) &&
+                  mask.sizes() == x.sizes(),
+              "FReLU CPU kernel: mask must be a channels_last uint8 tensor shaped like the input");
+  const Geometry g = geometry(x, weight);
+  const int64_t L = g.row_length(), KK = g.K * g.K;
+  const at::Tensor taps = tap_major(weight, g, false), flipped = tap_major(weight, g, true);
+  const at::Tensor mean_t = tile(mean, g), invstd_t = tile(invstd, g);
+  const float* taps_data = taps.data_ptr<float>();
+  const float* flipped_data = flipped.data_ptr<float>();
+  const float* bias_data = data_or_null(bias);
+  const float* x_data = x.data_ptr<float>();
+  const float* grad_data = grad_out.data_ptr<float>();
+  const uint8_t* mask_data = mask.data_ptr<uint8_t>();
+  const float* mean_data = mean_t.data_ptr<float>();
+  const float* invstd_data = invstd_t.data_ptr<float>();
+  at::Tensor grad_input = at::empty_like(x), grad_conv = at::empty_like(x);
+  at::Tensor grad_weight, grad_bias, grad_bn_weight, grad_bn_bias;
+
+  InputTransform transform;
+  std::vector<at::Tensor> transform_storage;
+  if (norm_weight.has_value() && norm_weight->defined()) {
+    transform = norm_transform(shortcut, *norm_weight, *norm_bias, *norm_mean, *norm_invstd, g, transform_storage);
+  }
+
+  with_channel_block(g.C, [&](auto block) {
+    constexpr int B = decltype(block)::value;
+    // BN's gradient sums: of the condition's gradient (grad_out where the funnel won), and of
+    // its product with the normalised conv output.
+    const at::Tensor sums = sum_each_row(x_data, transform, g, 2 * L, [&](const RowWindow& window, int64_t r,
+                                                                          float* conv, float* partial) {
+      conv_row<B>(window, taps_data, bias_data, g, conv);
+      add_norm_grad_sums(conv, grad_data + r * L, mask_data + r * L, mean_data, invstd_data, partial, partial + L, L);
+    });
+    const at::Tensor folded = fold_row(sums.view({2, L}), g);
+    grad_bn_bias = folded[0];
+    grad_bn_weight = folded[1];
+    // BN backward: grad_conv = k * (grad_condition - mean(grad_condition) - normed * mean(grad_condition * normed))
+    // with normed = (conv - mean) * invstd, rewritten as k * grad_condition + offset + slope * conv.
+    const double count = static_cast<double>(g.count());
+    const at::Tensor invstd_d = invstd.to(at::kDouble), mean_d = mean.to(at::kDouble);
+    const at::Tensor k_d = bn_weight.to(at::kDouble) * invstd_d;
+    const at::Tensor slope_d = -k_d * grad_bn_weight / count * invstd_d;
+    const at::Tensor k = tile(k_d, g), slope = tile(slope_d, g);
+    const at::Tensor offset = tile(-k_d * grad_bn_bias / count - slope_d * mean_d, g);
+    const float* k_data = k.data_ptr<float>();
+    const float* slope_data = slope.data_ptr<float>();
+    const float* offset_data = offset.data_ptr<float>();
+
+    // The conv output's gradient, stored for the input gradient's pass; with the input rows it
+    // came from, it makes the depthwise weight's gradient.
+    float* grad_conv_data = grad_conv.data_ptr<float>();
+    const at::Tensor weight_sums = sum_each_row(x_data, transform, g, L + KK * g.C, [&](const RowWindow& window,
+                                                                                        int64_t r, float* conv,
+                                                                                        float* partial) {
+      conv_row<B>(window, taps_data, bias_data, g, conv);
+      float* gc = grad_conv_data + r * L;
+      conv_grad(conv, grad_data + r * L, mask_data + r * L, k_data, offset_data, slope_data, gc, partial, L);
+      add_tap_products<B>(window, gc, g, partial + L);
+    });
+    grad_weight = weight_sums.slice(0, L).view({KK, g.C}).t().reshape(weight.sizes()).to(at::kFloat);
+    if (bias_data) grad_bias = fold_row(weight_sums.slice(0, 0, L), g).to(at::kFloat);
+
+    // The input's gradient: grad_out where the input won, plus the transposed conv of grad_conv.
+    float* grad_input_data = grad_input.data_ptr<float>();
+    for_each_row(grad_conv_data, InputTransform{}, g, [&](const RowWindow& window, int64_t r, float*) {
+      conv_row<B>(window, flipped_data, nullptr, g, grad_input_data + r * L);
+      add_unselected(grad_data + r * L, mask_data + r * L, grad_input_data + r * L, L);
+    });
+  });
+  return {grad_input, grad_weight, grad_bias, grad_bn_weight.to(at::kFloat), grad_bn_bias.to(at::kFloat)};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &forward, "FReLU training forward (CPU, fp32, channels_last), with the BN before it optional");
+  m.def("backward", &backward, "FReLU training backward (CPU, fp32, channels_last), up to the BN before it");
+}
