@@ -16,6 +16,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -220,6 +221,13 @@ void funnel_max(const float* __restrict__ conv, const float* __restrict__ scale,
   }
 }
 
+void maximum(const float* __restrict__ condition, const float* __restrict__ input, float* __restrict__ out,
+             int64_t n) {
+  for (int64_t t = 0; t < n; ++t) {
+    out[t] = (condition[t] > input[t] || condition[t] != condition[t]) ? condition[t] : input[t];
+  }
+}
+
 void add_norm_grad_sums(const float* __restrict__ conv, const float* __restrict__ grad, const uint8_t* __restrict__ wins,
                         const float* __restrict__ mean, const float* __restrict__ invstd, float* __restrict__ sum_grad,
                         float* __restrict__ sum_grad_normed, int64_t n) {
@@ -266,28 +274,53 @@ void sum_rows(int64_t r0, int64_t r1, int64_t width, double* total, const F& sum
   }
 }
 
+// The bookkeeping below is plain loops over per-channel vectors rather than tensor ops: these
+// vectors are small, and each tensor op costs microseconds of dispatch, many times per step.
+using Doubles = std::vector<double>;
+using Floats = std::vector<float>;
+
 // Rows split into one chunk per thread: each chunk sums into its own accumulators, which are
 // then added in chunk order, so results do not depend on scheduling.
 template <typename F>
-at::Tensor sum_over_row_chunks(const Geometry& g, int64_t width, const F& sum_chunk) {
+Doubles sum_over_row_chunks(const Geometry& g, int64_t width, const F& sum_chunk) {
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), g.rows()));
-  at::Tensor partial = at::zeros({chunks, width}, at::kDouble);
-  double* partial_data = partial.data_ptr<double>();
+  Doubles partial(chunks * width, 0.0);
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       const int64_t r0 = g.rows() * chunk / chunks, r1 = g.rows() * (chunk + 1) / chunks;
-      sum_chunk(r0, r1, partial_data + chunk * width);
+      sum_chunk(r0, r1, partial.data() + chunk * width);
     }
   });
-  return partial.sum(0);
+  Doubles total(partial.begin(), partial.begin() + width);
+  for (int64_t chunk = 1; chunk < chunks; ++chunk) {
+    for (int64_t t = 0; t < width; ++t) total[t] += partial[chunk * width + t];
+  }
+  return total;
 }
 
-// Per-channel sums tiled over a row ([..., W * C]) folded to [..., C].
-at::Tensor fold_row(const at::Tensor& tiled, const Geometry& g) {
-  auto sizes = tiled.sizes().vec();
-  sizes.back() = g.W;
-  sizes.push_back(g.C);
-  return tiled.view(sizes).sum(-2);
+// Per-channel sums tiled over a row (W * C values from `tiled`) folded to C.
+Doubles fold_row(const double* tiled, const Geometry& g) {
+  Doubles folded(g.C, 0.0);
+  for (int64_t w = 0; w < g.W; ++w) {
+    for (int64_t c = 0; c < g.C; ++c) folded[c] += tiled[w * g.C + c];
+  }
+  return folded;
+}
+
+// A per-channel vector repeated for every pixel of a row: W * C floats.
+template <typename T>
+Floats tile(const T& per_channel, const Geometry& g) {
+  Floats tiled(g.row_length());
+  for (int64_t w = 0; w < g.W; ++w) {
+    for (int64_t c = 0; c < g.C; ++c) tiled[w * g.C + c] = static_cast<float>(per_channel[c]);
+  }
+  return tiled;
+}
+
+at::Tensor to_tensor(const Doubles& values) {
+  at::Tensor t = at::empty({static_cast<int64_t>(values.size())}, at::kFloat);
+  std::copy(values.begin(), values.end(), t.data_ptr<float>());
+  return t;
 }
 
 void check_activation(const at::Tensor& t, const char* name) {
@@ -297,33 +330,46 @@ void check_activation(const at::Tensor& t, const char* name) {
 }
 
 Geometry geometry(const at::Tensor& a, const at::Tensor& weight) {
+  TORCH_CHECK(weight.dim() == 4 && weight.size(0) == a.size(1) && weight.size(1) == 1 &&
+                  weight.size(2) == weight.size(3) && weight.size(2) % 2 == 1 && weight.scalar_type() == at::kFloat,
+              "FReLU CPU kernel: the depthwise weight must be a float32 [C, 1, K, K] with K odd and C = ",
+              a.size(1), " input channels, got ", weight.sizes());
   const int64_t K = weight.size(2);
   return {a.size(0), a.size(2), a.size(3), a.size(1), K, K / 2};
 }
 
-// A per-channel vector [C] repeated for every pixel of a row: [W * C], float.
-at::Tensor tile(const at::Tensor& per_channel, const Geometry& g) {
-  return per_channel.to(at::kFloat).repeat({g.W}).contiguous();
+// A per-channel parameter's data: a contiguous float32 vector of C.
+const float* channel_data(const at::Tensor& t, const Geometry& g) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous() && t.numel() == g.C,
+              "FReLU CPU kernel: a per-channel parameter must be a contiguous float32 vector of ", g.C,
+              " values, got ", t.sizes());
+  return t.data_ptr<float>();
+}
+
+const float* channel_data_or_null(const c10::optional<at::Tensor>& t, const Geometry& g) {
+  return t.has_value() && t->defined() ? channel_data(*t, g) : nullptr;
 }
 
 // The depthwise kernel [C, 1, K, K] as taps [K * K][C]; `flip` gives the kernel of the transposed
 // conv, which maps the output's gradient back to the input.
-at::Tensor tap_major(const at::Tensor& weight, const Geometry& g, bool flip) {
-  at::Tensor w = weight.to(at::kFloat).reshape({g.C, g.K, g.K});
-  if (flip) w = w.flip({1, 2});
-  return w.reshape({g.C, g.K * g.K}).t().contiguous();
+Floats tap_major(const at::Tensor& weight, const Geometry& g, bool flip) {
+  const at::Tensor contiguous = weight.contiguous();
+  const float* w = contiguous.data_ptr<float>();
+  const int64_t KK = g.K * g.K;
+  Floats taps(KK * g.C);
+  for (int64_t c = 0; c < g.C; ++c) {
+    for (int64_t t = 0; t < KK; ++t) taps[t * g.C + c] = w[c * KK + (flip ? KK - 1 - t : t)];
+  }
+  return taps;
 }
 
-const float* data_or_null(const c10::optional<at::Tensor>& t) {
-  return t.has_value() && t->defined() ? t->data_ptr<float>() : nullptr;
-}
-
-// Runs row_op(window, row) over all rows, in parallel, each thread walking its rows in order.
+// Runs row_op(window, row, scratch) over all rows, in parallel, each thread walking its rows in
+// order; scratch holds one row.
 template <typename F>
 void for_each_row(const float* input, const InputTransform& transform, const Geometry& g, const F& row_op) {
   at::parallel_for(0, g.rows(), kRowGrain, [&](int64_t r0, int64_t r1) {
     RowWindow window(input, g, transform);
-    std::vector<float> scratch(g.row_length());
+    Floats scratch(g.row_length());
     for (int64_t r = r0; r < r1; ++r) {
       window.move_to(r);
       row_op(window, r, scratch.data());
@@ -334,11 +380,11 @@ void for_each_row(const float* input, const InputTransform& transform, const Geo
 // Sums row_op(window, row, scratch, partial) over all rows into `width` doubles; see
 // sum_over_row_chunks.
 template <typename F>
-at::Tensor sum_each_row(const float* input, const InputTransform& transform, const Geometry& g, int64_t width,
-                        const F& row_op) {
+Doubles sum_each_row(const float* input, const InputTransform& transform, const Geometry& g, int64_t width,
+                     const F& row_op) {
   return sum_over_row_chunks(g, width, [&](int64_t r0, int64_t r1, double* total) {
     RowWindow window(input, g, transform);
-    std::vector<float> scratch(g.row_length());
+    Floats scratch(g.row_length());
     sum_rows(r0, r1, width, total, [&](int64_t r, float* partial) {
       window.move_to(r);
       row_op(window, r, scratch.data(), partial);
@@ -346,24 +392,44 @@ at::Tensor sum_each_row(const float* input, const InputTransform& transform, con
   });
 }
 
-// Mean and biased variance per channel from tiled sums and sums of squares ([2, W * C]).
-std::pair<at::Tensor, at::Tensor> moments_to_statistics(const at::Tensor& sums, const Geometry& g) {
-  const at::Tensor folded = fold_row(sums.view({2, g.row_length()}), g);
+// A training-mode BN's batch statistics per channel.
+struct BatchStatistics {
+  Doubles mean, var, invstd;
+};
+
+// From tiled sums and sums of squares (2 * W * C values).
+BatchStatistics batch_statistics(const Doubles& moments, const Geometry& g, double eps) {
+  const Doubles sum = fold_row(moments.data(), g), sumsq = fold_row(moments.data() + g.row_length(), g);
   const double count = static_cast<double>(g.count());
-  const at::Tensor mean = folded[0] / count;
-  return {mean, (folded[1] / count - mean * mean).clamp_min(0)};
+  BatchStatistics stats{Doubles(g.C), Doubles(g.C), Doubles(g.C)};
+  for (int64_t c = 0; c < g.C; ++c) {
+    stats.mean[c] = sum[c] / count;
+    stats.var[c] = std::max(0.0, sumsq[c] / count - stats.mean[c] * stats.mean[c]);
+    stats.invstd[c] = 1.0 / std::sqrt(stats.var[c] + eps);
+  }
+  return stats;
 }
 
-// The BN before FReLU (and the residual add after it) as an InputTransform, with its scale and
-// shift tiled into `storage`.
-InputTransform norm_transform(const c10::optional<at::Tensor>& shortcut, const at::Tensor& norm_weight,
-                              const at::Tensor& norm_bias, const at::Tensor& norm_mean, const at::Tensor& norm_invstd,
-                              const Geometry& g, std::vector<at::Tensor>& storage) {
-  const at::Tensor scale_d = norm_invstd.to(at::kDouble) * norm_weight.to(at::kDouble);
-  storage = {tile(scale_d, g), tile(norm_bias.to(at::kDouble) - norm_mean.to(at::kDouble) * scale_d, g)};
+// A BN's output as scale * input + shift per channel, tiled over a row.
+struct TiledAffine {
+  Floats scale, shift;
+};
+
+template <typename T>
+TiledAffine batch_norm_affine(const T& mean, const T& invstd, const float* weight, const float* bias, const Geometry& g) {
+  Doubles scale(g.C), shift(g.C);
+  for (int64_t c = 0; c < g.C; ++c) {
+    scale[c] = static_cast<double>(invstd[c]) * weight[c];
+    shift[c] = bias[c] - static_cast<double>(mean[c]) * scale[c];
+  }
+  return {tile(scale, g), tile(shift, g)};
+}
+
+// The BN before FReLU, given as `affine`, and the residual add after it, as an InputTransform.
+InputTransform norm_transform(const TiledAffine& affine, const c10::optional<at::Tensor>& shortcut, const Geometry& g) {
   InputTransform transform;
-  transform.scale = storage[0].data_ptr<float>();
-  transform.shift = storage[1].data_ptr<float>();
+  transform.scale = affine.scale.data();
+  transform.shift = affine.shift.data();
   if (shortcut.has_value() && shortcut->defined()) {
     check_activation(*shortcut, "shortcut");
     TORCH_CHECK(shortcut->sizes().vec() == g.sizes(), "FReLU CPU kernel: shortcut must be shaped like the input");
@@ -382,52 +448,74 @@ std::vector<at::Tensor> forward(const at::Tensor& x, const c10::optional<at::Ten
   check_activation(x, "input");
   const Geometry g = geometry(x, weight);
   const int64_t L = g.row_length();
-  const at::Tensor taps = tap_major(weight, g, false);
-  const float* taps_data = taps.data_ptr<float>();
-  const float* bias_data = data_or_null(bias);
+  const Floats taps = tap_major(weight, g, false);
+  const float* bias_data = channel_data_or_null(bias, g);
   const float* x_data = x.data_ptr<float>();
   at::Tensor out = at::empty_like(x);
   at::Tensor mask = at::empty_like(x, x.options().dtype(at::kByte));
-  at::Tensor mean, invstd, var, norm_mean, norm_invstd, norm_var;
+  float* out_data = out.data_ptr<float>();
+  uint8_t* mask_data = mask.data_ptr<uint8_t>();
 
   InputTransform transform;
-  std::vector<at::Tensor> transform_storage;
-  if (norm_weight.has_value() && norm_weight->defined()) {
-    const at::Tensor norm_sums = sum_over_row_chunks(g, 2 * L, [&](int64_t r0, int64_t r1, double* total) {
+  TiledAffine norm_affine;
+  BatchStatistics norm_stats;
+  const bool has_norm = norm_weight.has_value() && norm_weight->defined();
+  if (has_norm) {
+    const Doubles norm_moments = sum_over_row_chunks(g, 2 * L, [&](int64_t r0, int64_t r1, double* total) {
       sum_rows(r0, r1, 2 * L, total, [&](int64_t r, float* partial) {
         add_moments(x_data + r * L, partial, partial + L, L);
       });
     });
-    std::tie(norm_mean, norm_var) = moments_to_statistics(norm_sums, g);
-    norm_invstd = (norm_var + norm_eps).rsqrt();
-    transform = norm_transform(shortcut, *norm_weight, *norm_bias, norm_mean, norm_invstd, g, transform_storage);
+    norm_stats = batch_statistics(norm_moments, g, norm_eps);
+    TORCH_CHECK(norm_bias.has_value() && norm_bias->defined(), "FReLU CPU kernel: the BN before FReLU needs its bias");
+    norm_affine = batch_norm_affine(norm_stats.mean, norm_stats.invstd, channel_data(*norm_weight, g),
+                                    channel_data(*norm_bias, g), g);
+    transform = norm_transform(norm_affine, shortcut, g);
   } else {
     TORCH_CHECK(!(shortcut.has_value() && shortcut->defined()), "FReLU CPU kernel: a shortcut needs the BN before it");
   }
 
+  BatchStatistics stats;
   with_channel_block(g.C, [&](auto block) {
     constexpr int B = decltype(block)::value;
-    const at::Tensor moments = sum_each_row(x_data, transform, g, 2 * L, [&](const RowWindow& window, int64_t,
-                                                                             float* conv, float* partial) {
-      conv_row<B>(window, taps_data, bias_data, g, conv);
+    const Doubles moments = sum_each_row(x_data, transform, g, 2 * L, [&](const RowWindow& window, int64_t,
+                                                                          float* conv, float* partial) {
+      conv_row<B>(window, taps.data(), bias_data, g, conv);
       add_moments(conv, partial, partial + L, L);
     });
-    std::tie(mean, var) = moments_to_statistics(moments, g);
-    invstd = (var + eps).rsqrt();
-    const at::Tensor scale_d = invstd * bn_weight.to(at::kDouble);
-    const at::Tensor scale = tile(scale_d, g), shift = tile(bn_bias.to(at::kDouble) - mean * scale_d, g);
-    const float* scale_data = scale.data_ptr<float>();
-    const float* shift_data = shift.data_ptr<float>();
-    float* out_data = out.data_ptr<float>();
-    uint8_t* mask_data = mask.data_ptr<uint8_t>();
+    stats = batch_statistics(moments, g, eps);
+    const TiledAffine affine = batch_norm_affine(stats.mean, stats.invstd, channel_data(bn_weight, g),
+                                                 channel_data(bn_bias, g), g);
     for_each_row(x_data, transform, g, [&](const RowWindow& window, int64_t r, float* conv) {
-      conv_row<B>(window, taps_data, bias_data, g, conv);
-      funnel_max(conv, scale_data, shift_data, window.center_row(), out_data + r * L, mask_data + r * L, L);
+      conv_row<B>(window, taps.data(), bias_data, g, conv);
+      funnel_max(conv, affine.scale.data(), affine.shift.data(), window.center_row(), out_data + r * L,
+                 mask_data + r * L, L);
     });
   });
-  const auto to_float = [](const at::Tensor& t) { return t.defined() ? t.to(at::kFloat) : t; };
-  return {out, mask, to_float(mean), to_float(invstd), to_float(var),
-          to_float(norm_mean), to_float(norm_invstd), to_float(norm_var)};
+  if (!has_norm) return {out, mask, to_tensor(stats.mean), to_tensor(stats.invstd), to_tensor(stats.var), {}, {}, {}};
+  return {out, mask, to_tensor(stats.mean), to_tensor(stats.invstd), to_tensor(stats.var),
+          to_tensor(norm_stats.mean), to_tensor(norm_stats.invstd), to_tensor(norm_stats.var)};
+}
+
+// Eval-mode FReLU with its BN folded into the depthwise weight and bias: max(x, conv(x) + bias),
+// one pass, nothing kept.
+at::Tensor inference(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  check_activation(x, "input");
+  const Geometry g = geometry(x, weight);
+  const int64_t L = g.row_length();
+  const Floats taps = tap_major(weight, g, false);
+  const float* bias_data = channel_data_or_null(bias, g);
+  const float* x_data = x.data_ptr<float>();
+  at::Tensor out = at::empty_like(x);
+  float* out_data = out.data_ptr<float>();
+  with_channel_block(g.C, [&](auto block) {
+    constexpr int B = decltype(block)::value;
+    for_each_row(x_data, InputTransform{}, g, [&](const RowWindow& window, int64_t r, float* conv) {
+      conv_row<B>(window, taps.data(), bias_data, g, conv);
+      maximum(conv, window.center_row(), out_data + r * L, L);
+    });
+  });
+  return out;
 }
 
 // The gradients of forward's a (not x: `norm`'s backward is left to the caller), of the depthwise
@@ -445,77 +533,87 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out_any, const at::Tenso
                   mask.sizes() == x.sizes(),
               "FReLU CPU kernel: mask must be a channels_last uint8 tensor shaped like the input");
   const Geometry g = geometry(x, weight);
-  const int64_t L = g.row_length(), KK = g.K * g.K;
-  const at::Tensor taps = tap_major(weight, g, false), flipped = tap_major(weight, g, true);
-  const at::Tensor mean_t = tile(mean, g), invstd_t = tile(invstd, g);
-  const float* taps_data = taps.data_ptr<float>();
-  const float* flipped_data = flipped.data_ptr<float>();
-  const float* bias_data = data_or_null(bias);
+  const int64_t L = g.row_length(), KK = g.K * g.K, C = g.C;
+  const Floats taps = tap_major(weight, g, false), flipped = tap_major(weight, g, true);
+  const float* mean_data = channel_data(mean, g);
+  const float* invstd_data = channel_data(invstd, g);
+  const Floats mean_tiled = tile(mean_data, g), invstd_tiled = tile(invstd_data, g);
+  const float* bias_data = channel_data_or_null(bias, g);
   const float* x_data = x.data_ptr<float>();
   const float* grad_data = grad_out.data_ptr<float>();
   const uint8_t* mask_data = mask.data_ptr<uint8_t>();
-  const float* mean_data = mean_t.data_ptr<float>();
-  const float* invstd_data = invstd_t.data_ptr<float>();
   at::Tensor grad_input = at::empty_like(x), grad_conv = at::empty_like(x);
-  at::Tensor grad_weight, grad_bias, grad_bn_weight, grad_bn_bias;
+  float* grad_input_data = grad_input.data_ptr<float>();
+  float* grad_conv_data = grad_conv.data_ptr<float>();
 
   InputTransform transform;
-  std::vector<at::Tensor> transform_storage;
+  TiledAffine norm_affine;
   if (norm_weight.has_value() && norm_weight->defined()) {
-    transform = norm_transform(shortcut, *norm_weight, *norm_bias, *norm_mean, *norm_invstd, g, transform_storage);
+    TORCH_CHECK(norm_bias.has_value() && norm_mean.has_value() && norm_invstd.has_value(),
+                "FReLU CPU kernel: the BN before FReLU needs its bias and batch statistics");
+    norm_affine = batch_norm_affine(channel_data(*norm_mean, g), channel_data(*norm_invstd, g),
+                                    channel_data(*norm_weight, g), channel_data(*norm_bias, g), g);
+    transform = norm_transform(norm_affine, shortcut, g);
   }
 
+  Doubles grad_bn_weight(C), grad_bn_bias(C), grad_weight(KK * C), grad_bias;
   with_channel_block(g.C, [&](auto block) {
     constexpr int B = decltype(block)::value;
     // BN's gradient sums: of the condition's gradient (grad_out where the funnel won), and of
     // its product with the normalised conv output.
-    const at::Tensor sums = sum_each_row(x_data, transform, g, 2 * L, [&](const RowWindow& window, int64_t r,
-                                                                          float* conv, float* partial) {
-      conv_row<B>(window, taps_data, bias_data, g, conv);
-      add_norm_grad_sums(conv, grad_data + r * L, mask_data + r * L, mean_data, invstd_data, partial, partial + L, L);
+    const Doubles sums = sum_each_row(x_data, transform, g, 2 * L, [&](const RowWindow& window, int64_t r,
+                                                                       float* conv, float* partial) {
+      conv_row<B>(window, taps.data(), bias_data, g, conv);
+      add_norm_grad_sums(conv, grad_data + r * L, mask_data + r * L, mean_tiled.data(), invstd_tiled.data(), partial,
+                         partial + L, L);
     });
-    const at::Tensor folded = fold_row(sums.view({2, L}), g);
-    grad_bn_bias = folded[0];
-    grad_bn_weight = folded[1];
+    grad_bn_bias = fold_row(sums.data(), g);
+    grad_bn_weight = fold_row(sums.data() + L, g);
     // BN backward: grad_conv = k * (grad_condition - mean(grad_condition) - normed * mean(grad_condition * normed))
     // with normed = (conv - mean) * invstd, rewritten as k * grad_condition + offset + slope * conv.
     const double count = static_cast<double>(g.count());
-    const at::Tensor invstd_d = invstd.to(at::kDouble), mean_d = mean.to(at::kDouble);
-    const at::Tensor k_d = bn_weight.to(at::kDouble) * invstd_d;
-    const at::Tensor slope_d = -k_d * grad_bn_weight / count * invstd_d;
-    const at::Tensor k = tile(k_d, g), slope = tile(slope_d, g);
-    const at::Tensor offset = tile(-k_d * grad_bn_bias / count - slope_d * mean_d, g);
-    const float* k_data = k.data_ptr<float>();
-    const float* slope_data = slope.data_ptr<float>();
-    const float* offset_data = offset.data_ptr<float>();
+    const float* gamma = channel_data(bn_weight, g);
+    Doubles k(C), slope(C), offset(C);
+    for (int64_t c = 0; c < C; ++c) {
+      k[c] = static_cast<double>(gamma[c]) * invstd_data[c];
+      slope[c] = -k[c] * grad_bn_weight[c] / count * invstd_data[c];
+      offset[c] = -k[c] * grad_bn_bias[c] / count - slope[c] * mean_data[c];
+    }
+    const Floats k_tiled = tile(k, g), slope_tiled = tile(slope, g), offset_tiled = tile(offset, g);
 
     // The conv output's gradient, stored for the input gradient's pass; with the input rows it
     // came from, it makes the depthwise weight's gradient.
-    float* grad_conv_data = grad_conv.data_ptr<float>();
-    const at::Tensor weight_sums = sum_each_row(x_data, transform, g, L + KK * g.C, [&](const RowWindow& window,
-                                                                                        int64_t r, float* conv,
-                                                                                        float* partial) {
-      conv_row<B>(window, taps_data, bias_data, g, conv);
+    const Doubles weight_sums = sum_each_row(x_data, transform, g, L + KK * C, [&](const RowWindow& window, int64_t r,
+                                                                                   float* conv, float* partial) {
+      conv_row<B>(window, taps.data(), bias_data, g, conv);
       float* gc = grad_conv_data + r * L;
-      conv_grad(conv, grad_data + r * L, mask_data + r * L, k_data, offset_data, slope_data, gc, partial, L);
+      conv_grad(conv, grad_data + r * L, mask_data + r * L, k_tiled.data(), offset_tiled.data(), slope_tiled.data(),
+                gc, partial, L);
       add_tap_products<B>(window, gc, g, partial + L);
     });
-    grad_weight = weight_sums.slice(0, L).view({KK, g.C}).t().reshape(weight.sizes()).to(at::kFloat);
-    if (bias_data) grad_bias = fold_row(weight_sums.slice(0, 0, L), g).to(at::kFloat);
+    std::copy(weight_sums.begin() + L, weight_sums.end(), grad_weight.begin());
+    if (bias_data) grad_bias = fold_row(weight_sums.data(), g);
 
     // The input's gradient: grad_out where the input won, plus the transposed conv of grad_conv.
-    float* grad_input_data = grad_input.data_ptr<float>();
     for_each_row(grad_conv_data, InputTransform{}, g, [&](const RowWindow& window, int64_t r, float*) {
-      conv_row<B>(window, flipped_data, nullptr, g, grad_input_data + r * L);
+      conv_row<B>(window, flipped.data(), nullptr, g, grad_input_data + r * L);
       add_unselected(grad_data + r * L, mask_data + r * L, grad_input_data + r * L, L);
     });
   });
-  return {grad_input, grad_weight, grad_bias, grad_bn_weight.to(at::kFloat), grad_bn_bias.to(at::kFloat)};
+  // grad_weight is tap-major [K * K][C]; the weight is [C, 1, K, K].
+  at::Tensor grad_weight_tensor = at::empty(weight.sizes(), at::kFloat);
+  float* gw = grad_weight_tensor.data_ptr<float>();
+  for (int64_t c = 0; c < C; ++c) {
+    for (int64_t t = 0; t < KK; ++t) gw[c * KK + t] = static_cast<float>(grad_weight[t * C + c]);
+  }
+  return {grad_input, grad_weight_tensor, bias_data ? to_tensor(grad_bias) : at::Tensor(),
+          to_tensor(grad_bn_weight), to_tensor(grad_bn_bias)};
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "FReLU training forward (CPU, fp32, channels_last), with the BN before it optional");
+  m.def("inference", &inference, "FReLU with its BN folded, for inference (CPU, fp32, channels_last)");
   m.def("backward", &backward, "FReLU training backward (CPU, fp32, channels_last), up to the BN before it");
 }

@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ['cpu_kernels', 'cpu_kernels_apply']
+__all__ = ['cpu_kernels', 'cpu_kernels_apply', 'cpu_inference_kernel_applies']
 
 _SOURCE = Path(__file__).resolve().parent.parent / 'csrc' / 'frelu_cpu.cpp'
 _ENABLE_VARIABLE = 'TIMM_FRELU_CPU_KERNELS'
@@ -59,3 +59,10 @@ def cpu_kernels_apply(x: torch.Tensor, shortcut: Optional[torch.Tensor] = None) 
 def _is_kernel_layout(x: torch.Tensor) -> bool:
     return (x.device.type == 'cpu' and x.dtype == torch.float32 and x.dim() == 4
             and x.is_contiguous(memory_format=torch.channels_last))
+
+
+def cpu_inference_kernel_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the inference kernel, which has no backward, takes ``x`` convolved with ``weight``:
+    as in training, and no gradient wanted, and not traced or compiled (for export, say)."""
+    return (_is_kernel_layout(x) and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+            and not torch.jit.is_tracing() and not torch.compiler.is_compiling() and cpu_kernels() is not None)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
 
-from .cpu_kernels import cpu_kernels, cpu_kernels_apply
+from .cpu_kernels import cpu_inference_kernel_applies, cpu_kernels, cpu_kernels_apply
 
 __all__ = ['FReLU', 'LazyFReLU', 'create_frelu', 'frelu_reference']
 
@@ -90,15 +90,17 @@ class FReLU(nn.Module):
         if self.efficient and not torch.jit.is_scripting() and self._can_use_efficient_training(x):
             return self._efficient_training_forward(x)
         if self.efficient and not torch.jit.is_scripting() and self._can_fold_bn():
-            return torch.maximum(x, self._folded_condition(x))
+            return self._folded_forward(x)
         return torch.maximum(x, self.funnel_condition(x))
 
     @torch.jit.unused
     def _can_fold_bn(self) -> bool:
         return not self.training and type(self.bn) is nn.BatchNorm2d and self.bn.track_running_stats
 
-    def _folded_condition(self, x: torch.Tensor) -> torch.Tensor:
-        """T(x) in eval mode with BN folded into the kernel: one pass over the activation, not two."""
+    @torch.jit.unused
+    def _folded_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Eval mode with BN folded into the kernel: the condition in one pass over the activation,
+        not two (or, in the CPU kernel, the whole activation in one)."""
         self._check_input(x)
         bn = self.bn
         assert bn.running_var is not None and bn.running_mean is not None
@@ -111,7 +113,7 @@ class FReLU(nn.Module):
         if bn.bias is not None:
             shift = shift + bn.bias
         weight = (self.weight * scale.view(-1, 1, 1, 1)).to(x.dtype)
-        return F.conv2d(x, weight, shift.to(x.dtype), padding=self.kernel_size // 2, groups=self.weight.shape[0])
+        return folded_funnel_max(x, weight, shift.to(x.dtype))
 
     @torch.jit.unused
     def _can_use_efficient_training(self, x: torch.Tensor) -> bool:
@@ -149,6 +151,15 @@ class FReLU(nn.Module):
 
     def extra_repr(self) -> str:
         return f'{self.weight.shape[0]}, kernel_size={self.kernel_size}, bias={self.bias is not None}'
+
+
+def folded_funnel_max(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``max(x, depthwise_conv(x) + bias)``: FReLU in eval mode with its BN folded into the kernel,
+    in the CPU inference kernel where it applies."""
+    if cpu_inference_kernel_applies(x, weight):
+        return cpu_kernels().inference(x, weight, bias)
+    padding = weight.shape[-1] // 2
+    return torch.maximum(x, F.conv2d(x, weight, bias, padding=padding, groups=weight.shape[0]))
 
 
 def _is_stock_batch_norm(norm: nn.Module) -> bool:

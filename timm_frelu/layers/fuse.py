@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .frelu import FReLU
+from .frelu import FReLU, folded_funnel_max
 
 __all__ = ['FusedFReLU', 'fuse']
 
@@ -35,8 +35,14 @@ class FusedFReLU(nn.Module):
         if self.training:
             raise RuntimeError('A fused FReLU holds its BN statistics folded into the kernel and cannot train; '
                                'train or fine-tune the unfused model and fuse it again.')
+        if not torch.jit.is_scripting():
+            return self._eager_forward(x)
         funnel = F.conv2d(x, self.weight, self.bias, padding=self.kernel_size // 2, groups=self.weight.shape[0])
         return torch.maximum(x, funnel)
+
+    @torch.jit.unused
+    def _eager_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return folded_funnel_max(x, self.weight, self.bias)
 
 
 def _fold_pairs(module: nn.Module) -> None:
