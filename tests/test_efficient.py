@@ -1,6 +1,10 @@
 """The default FReLU (custom autograd in training, BN folded in eval) against the reference ops,
 and fuse() for inference."""
 import copy
+import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,11 +13,12 @@ import torch
 
 import timm_frelu
 from timm_frelu import FReLU, FusedFReLU
+from timm_frelu.layers.cpu_kernels import cpu_kernels, cpu_kernels_apply
 from timm_frelu.models import FReLUStage
 
 
-def _pair(channels=8, bias=False, momentum=0.1):
-    efficient = FReLU(channels, bias=bias)
+def _pair(channels=8, bias=False, momentum=0.1, kernel_size=3):
+    efficient = FReLU(channels, kernel_size=kernel_size, bias=bias)
     efficient.bn.momentum = momentum
     with torch.no_grad():
         efficient.bn.weight.uniform_(0.5, 1.5)
@@ -55,6 +60,48 @@ def test_training_outputs_gradients_and_statistics_match_the_reference(channels_
     efficient, naive = _pair(bias=bias, momentum=momentum)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     _assert_trains_like(efficient, naive, torch.randn(6, 8, 10, 10).to(memory_format=fmt))
+
+
+needs_compiler = pytest.mark.skipif(shutil.which(os.environ.get('CXX', 'c++')) is None,
+                                    reason='no C++ compiler to build the CPU kernels')
+
+
+@needs_compiler
+def test_cpu_kernels_build_and_take_fp32_channels_last_input():
+    assert cpu_kernels() is not None
+    x = torch.randn(2, 8, 5, 5)
+    assert cpu_kernels_apply(x.to(memory_format=torch.channels_last))
+    assert not cpu_kernels_apply(x)
+    assert not cpu_kernels_apply(x.double().to(memory_format=torch.channels_last))
+    # One value per channel is BN's error to raise, from the stock ops.
+    assert not cpu_kernels_apply(torch.randn(1, 8, 1, 1))
+
+
+@needs_compiler
+@pytest.mark.parametrize('channels, kernel_size, bias', [(3, 3, False), (12, 3, True), (16, 5, False), (32, 3, True)])
+def test_cpu_kernels_train_like_the_reference(channels, kernel_size, bias):
+    # 3, 12 and 16 or 32 channels take the kernels' 1-, 4- and 16-wide channel blocks; rows of 7
+    # pixels leave a remainder after the 4-pixel blocks.
+    efficient, naive = _pair(channels, bias=bias, kernel_size=kernel_size)
+    _assert_trains_like(efficient, naive, torch.randn(4, channels, 7, 7).to(memory_format=torch.channels_last))
+
+
+def test_training_without_the_cpu_kernels_warns_and_falls_back(tmp_path):
+    # A compiler that isn't there, and an empty build cache: the build fails, FReLU says so once
+    # and trains with the stock ops.
+    env = dict(os.environ, CXX=str(tmp_path / 'no-such-compiler'), TORCH_EXTENSIONS_DIR=str(tmp_path / 'cache'))
+    code = ('import torch, warnings\n'
+            'from timm_frelu import FReLU\n'
+            'x = torch.randn(2, 8, 5, 5).to(memory_format=torch.channels_last).requires_grad_()\n'
+            'with warnings.catch_warnings(record=True) as caught:\n'
+            '    warnings.simplefilter("always")\n'
+            '    for _ in range(2):\n'
+            '        FReLU(8)(x).sum().backward()\n'
+            'print(sum("could not build the fused CPU training kernels" in str(w.message) for w in caught))\n'
+            'print(bool(torch.isfinite(x.grad).all()))\n')
+    result = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ['1', 'True']
 
 
 def test_eval_matches_the_reference():
@@ -116,12 +163,15 @@ def test_frelu_stages_train_like_the_reference(name, kwargs, channels_last):
     assert 'layer1.0.act1.weight' in efficient.state_dict()
 
 
-def test_frelu_resnet_keeps_little_more_for_backward_than_its_relu_twin():
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_frelu_resnet_keeps_little_more_for_backward_than_its_relu_twin(channels_last):
     # The stages hand each block's BN -> FReLU (and residual add -> FReLU) to one autograd node,
-    # which keeps the conv output and block input the ReLU block keeps anyway, plus a byte mask.
-    x = torch.randn(8, 3, 32, 32)
-    frelu = _saved_bytes(timm.create_model('resnet20_frelu').train(), x)
-    relu = _saved_bytes(timm.create_model('resnet20_relu').train(), x)
+    # which keeps the conv output and block input the ReLU block keeps anyway, plus a byte mask;
+    # so do the CPU kernels, which channels_last input takes.
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(8, 3, 32, 32).to(memory_format=fmt)
+    frelu = _saved_bytes(timm.create_model('resnet20_frelu').train().to(memory_format=fmt), x)
+    relu = _saved_bytes(timm.create_model('resnet20_relu').train().to(memory_format=fmt), x)
     assert frelu < 1.25 * relu
 
 
@@ -150,6 +200,28 @@ def test_fuse_matches_the_eval_model(name):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert (fused(x) - model(x)).abs().max() < 1e-4
+
+
+def test_channels_last_inference_matches_the_reference():
+    # On CPU, fp32 channels_last input without gradients goes through the one-pass inference kernel.
+    model = _with_statistics(timm.create_model('resnet20_frelu')).to(memory_format=torch.channels_last)
+    naive = copy.deepcopy(model)
+    for module in naive.modules():
+        if isinstance(module, FReLU):
+            module.efficient = False
+    fused = timm_frelu.fuse(model)
+    x = torch.randn(2, 3, 32, 32).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        reference = naive(x)
+        assert (model(x) - reference).abs().max() < 1e-4
+        assert (fused(x) - reference).abs().max() < 1e-4
+    # With a gradient wanted, the stock ops run, and the gradient is the reference's.
+    grads = []
+    for m in (fused, naive):
+        xi = x.clone().requires_grad_()
+        m(xi).sum().backward()
+        grads.append(xi.grad)
+    assert torch.allclose(grads[0], grads[1], atol=1e-4)
 
 
 def test_fused_model_is_inference_only_and_exports(tmp_path):
