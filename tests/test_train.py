@@ -70,6 +70,17 @@ def test_run_writes_args_summary_and_checkpoints(reference_run):
     assert best['metric'] == max(float(r['eval_top1']) for r in rows)
 
 
+def test_channels_last_run_takes_the_cpu_kernels_and_trains_alike(data_dir, reference_run, tmp_path):
+    # channels_last puts FReLU on its fused CPU kernels; rounding aside, the run is the reference run.
+    result = _run(_train_cmd(data_dir, tmp_path, 'channels_last', '--channels-last'))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'could not build' not in result.stderr
+    rows, reference = _summary(tmp_path / 'channels_last'), _summary(reference_run)
+    assert len(rows) == EPOCHS
+    assert abs(float(rows[0]['train_loss']) - float(reference[0]['train_loss'])) < 0.01 * float(reference[0]['train_loss'])
+    assert float(rows[-1]['train_loss']) < float(rows[0]['train_loss'])
+
+
 def test_killed_run_resumes_exactly(data_dir, reference_run, tmp_path):
     cmd = _train_cmd(data_dir, tmp_path, 'killed')
     run_dir = tmp_path / 'killed'
