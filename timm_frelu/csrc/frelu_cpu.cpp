@@ -363,6 +363,20 @@ Floats tap_major(const at::Tensor& weight, const Geometry& g, bool flip) {
   return taps;
 }
 
+// What every kernel starts from: the activation x (checked), its geometry, and the depthwise
+// conv's taps and bias.
+struct ConvInputs {
+  ConvInputs(const at::Tensor& x_tensor, const at::Tensor& weight, const c10::optional<at::Tensor>& bias_tensor)
+      : g((check_activation(x_tensor, "input"), geometry(x_tensor, weight))),
+        taps(tap_major(weight, g, false)),
+        bias(channel_data_or_null(bias_tensor, g)),
+        x(x_tensor.data_ptr<float>()) {}
+  Geometry g;
+  Floats taps;
+  const float* bias;
+  const float* x;
+};
+
 // Runs row_op(window, row, scratch) over all rows, in parallel, each thread walking its rows in
 // order; scratch holds one row.
 template <typename F>
@@ -445,12 +459,10 @@ std::vector<at::Tensor> forward(const at::Tensor& x, const c10::optional<at::Ten
                                 const c10::optional<at::Tensor>& norm_weight, const c10::optional<at::Tensor>& norm_bias,
                                 double norm_eps, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                                 const at::Tensor& bn_weight, const at::Tensor& bn_bias, double eps) {
-  check_activation(x, "input");
-  const Geometry g = geometry(x, weight);
+  const ConvInputs in(x, weight, bias);
+  const Geometry& g = in.g;
   const int64_t L = g.row_length();
-  const Floats taps = tap_major(weight, g, false);
-  const float* bias_data = channel_data_or_null(bias, g);
-  const float* x_data = x.data_ptr<float>();
+  const float* taps = in.taps.data();
   at::Tensor out = at::empty_like(x);
   at::Tensor mask = at::empty_like(x, x.options().dtype(at::kByte));
   float* out_data = out.data_ptr<float>();
@@ -463,7 +475,7 @@ std::vector<at::Tensor> forward(const at::Tensor& x, const c10::optional<at::Ten
   if (has_norm) {
     const Doubles norm_moments = sum_over_row_chunks(g, 2 * L, [&](int64_t r0, int64_t r1, double* total) {
       sum_rows(r0, r1, 2 * L, total, [&](int64_t r, float* partial) {
-        add_moments(x_data + r * L, partial, partial + L, L);
+        add_moments(in.x + r * L, partial, partial + L, L);
       });
     });
     norm_stats = batch_statistics(norm_moments, g, norm_eps);
@@ -478,16 +490,16 @@ std::vector<at::Tensor> forward(const at::Tensor& x, const c10::optional<at::Ten
   BatchStatistics stats;
   with_channel_block(g.C, [&](auto block) {
     constexpr int B = decltype(block)::value;
-    const Doubles moments = sum_each_row(x_data, transform, g, 2 * L, [&](const RowWindow& window, int64_t,
+    const Doubles moments = sum_each_row(in.x, transform, g, 2 * L, [&](const RowWindow& window, int64_t,
                                                                           float* conv, float* partial) {
-      conv_row<B>(window, taps.data(), bias_data, g, conv);
+      conv_row<B>(window, taps, in.bias, g, conv);
       add_moments(conv, partial, partial + L, L);
     });
     stats = batch_statistics(moments, g, eps);
     const TiledAffine affine = batch_norm_affine(stats.mean, stats.invstd, channel_data(bn_weight, g),
                                                  channel_data(bn_bias, g), g);
-    for_each_row(x_data, transform, g, [&](const RowWindow& window, int64_t r, float* conv) {
-      conv_row<B>(window, taps.data(), bias_data, g, conv);
+    for_each_row(in.x, transform, g, [&](const RowWindow& window, int64_t r, float* conv) {
+      conv_row<B>(window, taps, in.bias, g, conv);
       funnel_max(conv, affine.scale.data(), affine.shift.data(), window.center_row(), out_data + r * L,
                  mask_data + r * L, L);
     });
@@ -500,18 +512,15 @@ std::vector<at::Tensor> forward(const at::Tensor& x, const c10::optional<at::Ten
 // Eval-mode FReLU with its BN folded into the depthwise weight and bias: max(x, conv(x) + bias),
 // one pass, nothing kept.
 at::Tensor inference(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
-  check_activation(x, "input");
-  const Geometry g = geometry(x, weight);
+  const ConvInputs in(x, weight, bias);
+  const Geometry& g = in.g;
   const int64_t L = g.row_length();
-  const Floats taps = tap_major(weight, g, false);
-  const float* bias_data = channel_data_or_null(bias, g);
-  const float* x_data = x.data_ptr<float>();
   at::Tensor out = at::empty_like(x);
   float* out_data = out.data_ptr<float>();
   with_channel_block(g.C, [&](auto block) {
     constexpr int B = decltype(block)::value;
-    for_each_row(x_data, InputTransform{}, g, [&](const RowWindow& window, int64_t r, float* conv) {
-      conv_row<B>(window, taps.data(), bias_data, g, conv);
+    for_each_row(in.x, InputTransform{}, g, [&](const RowWindow& window, int64_t r, float* conv) {
+      conv_row<B>(window, in.taps.data(), in.bias, g, conv);
       maximum(conv, window.center_row(), out_data + r * L, L);
     });
   });
@@ -526,20 +535,19 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out_any, const at::Tenso
                                  const c10::optional<at::Tensor>& norm_invstd, const at::Tensor& mask,
                                  const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                                  const at::Tensor& bn_weight, const at::Tensor& mean, const at::Tensor& invstd) {
-  check_activation(x, "input");
+  const ConvInputs in(x, weight, bias);
+  const Geometry& g = in.g;
   const at::Tensor grad_out = grad_out_any.contiguous(at::MemoryFormat::ChannelsLast);
   check_activation(grad_out, "grad_out");
   TORCH_CHECK(mask.scalar_type() == at::kByte && mask.is_contiguous(at::MemoryFormat::ChannelsLast) &&
                   mask.sizes() == x.sizes(),
               "FReLU CPU kernel: mask must be a channels_last uint8 tensor shaped like the input");
-  const Geometry g = geometry(x, weight);
   const int64_t L = g.row_length(), KK = g.K * g.K, C = g.C;
-  const Floats taps = tap_major(weight, g, false), flipped = tap_major(weight, g, true);
+  const float* taps = in.taps.data();
+  const Floats flipped = tap_major(weight, g, true);
   const float* mean_data = channel_data(mean, g);
   const float* invstd_data = channel_data(invstd, g);
   const Floats mean_tiled = tile(mean_data, g), invstd_tiled = tile(invstd_data, g);
-  const float* bias_data = channel_data_or_null(bias, g);
-  const float* x_data = x.data_ptr<float>();
   const float* grad_data = grad_out.data_ptr<float>();
   const uint8_t* mask_data = mask.data_ptr<uint8_t>();
   at::Tensor grad_input = at::empty_like(x), grad_conv = at::empty_like(x);
@@ -561,9 +569,9 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out_any, const at::Tenso
     constexpr int B = decltype(block)::value;
     // BN's gradient sums: of the condition's gradient (grad_out where the funnel won), and of
     // its product with the normalised conv output.
-    const Doubles sums = sum_each_row(x_data, transform, g, 2 * L, [&](const RowWindow& window, int64_t r,
+    const Doubles sums = sum_each_row(in.x, transform, g, 2 * L, [&](const RowWindow& window, int64_t r,
                                                                        float* conv, float* partial) {
-      conv_row<B>(window, taps.data(), bias_data, g, conv);
+      conv_row<B>(window, taps, in.bias, g, conv);
       add_norm_grad_sums(conv, grad_data + r * L, mask_data + r * L, mean_tiled.data(), invstd_tiled.data(), partial,
                          partial + L, L);
     });
@@ -583,16 +591,16 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out_any, const at::Tenso
 
     // The conv output's gradient, stored for the input gradient's pass; with the input rows it
     // came from, it makes the depthwise weight's gradient.
-    const Doubles weight_sums = sum_each_row(x_data, transform, g, L + KK * C, [&](const RowWindow& window, int64_t r,
+    const Doubles weight_sums = sum_each_row(in.x, transform, g, L + KK * C, [&](const RowWindow& window, int64_t r,
                                                                                    float* conv, float* partial) {
-      conv_row<B>(window, taps.data(), bias_data, g, conv);
+      conv_row<B>(window, taps, in.bias, g, conv);
       float* gc = grad_conv_data + r * L;
       conv_grad(conv, grad_data + r * L, mask_data + r * L, k_tiled.data(), offset_tiled.data(), slope_tiled.data(),
                 gc, partial, L);
       add_tap_products<B>(window, gc, g, partial + L);
     });
     std::copy(weight_sums.begin() + L, weight_sums.end(), grad_weight.begin());
-    if (bias_data) grad_bias = fold_row(weight_sums.data(), g);
+    if (in.bias) grad_bias = fold_row(weight_sums.data(), g);
 
     // The input's gradient: grad_out where the input won, plus the transposed conv of grad_conv.
     for_each_row(grad_conv_data, InputTransform{}, g, [&](const RowWindow& window, int64_t r, float*) {
@@ -606,7 +614,7 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out_any, const at::Tenso
   for (int64_t c = 0; c < C; ++c) {
     for (int64_t t = 0; t < KK; ++t) gw[c * KK + t] = static_cast<float>(grad_weight[t * C + c]);
   }
-  return {grad_input, grad_weight_tensor, bias_data ? to_tensor(grad_bias) : at::Tensor(),
+  return {grad_input, grad_weight_tensor, in.bias ? to_tensor(grad_bias) : at::Tensor(),
           to_tensor(grad_bn_weight), to_tensor(grad_bn_bias)};
 }
 
