@@ -210,22 +210,24 @@ void add_moments(const float* __restrict__ conv, float* __restrict__ sum, float*
   }
 }
 
+// max(condition, input) as torch.maximum has it: NaN from either side propagates, where a plain
+// comparison would drop the condition's.
+inline float nan_propagating_max(float condition, float input) {
+  return (condition > input || condition != condition) ? condition : input;
+}
+
 void funnel_max(const float* __restrict__ conv, const float* __restrict__ scale, const float* __restrict__ shift,
                 const float* __restrict__ input, float* __restrict__ out, uint8_t* __restrict__ wins, int64_t n) {
   for (int64_t t = 0; t < n; ++t) {
     const float condition = conv[t] * scale[t] + shift[t];
-    const bool funnel_wins = condition > input[t];
-    // torch.maximum propagates NaN from either side; a plain comparison would drop the condition's.
-    out[t] = (funnel_wins || condition != condition) ? condition : input[t];
-    wins[t] = funnel_wins;
+    out[t] = nan_propagating_max(condition, input[t]);
+    wins[t] = condition > input[t];
   }
 }
 
 void maximum(const float* __restrict__ condition, const float* __restrict__ input, float* __restrict__ out,
              int64_t n) {
-  for (int64_t t = 0; t < n; ++t) {
-    out[t] = (condition[t] > input[t] || condition[t] != condition[t]) ? condition[t] : input[t];
-  }
+  for (int64_t t = 0; t < n; ++t) out[t] = nan_propagating_max(condition[t], input[t]);
 }
 
 void add_norm_grad_sums(const float* __restrict__ conv, const float* __restrict__ grad, const uint8_t* __restrict__ wins,
@@ -246,10 +248,6 @@ void conv_grad(const float* __restrict__ conv, const float* __restrict__ grad, c
     grad_conv[t] = k[t] * grad_condition + offset[t] + slope[t] * conv[t];
     sum_grad_conv[t] += grad_conv[t];
   }
-}
-
-void add_products(const float* __restrict__ x, const float* __restrict__ y, float* __restrict__ sum, int64_t n) {
-  for (int64_t t = 0; t < n; ++t) sum[t] += x[t] * y[t];
 }
 
 void add_unselected(const float* __restrict__ grad, const uint8_t* __restrict__ wins, float* __restrict__ out, int64_t n) {

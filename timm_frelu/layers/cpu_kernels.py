@@ -1,12 +1,12 @@
-"""FReLU's fused CPU training kernels (fp32, channels_last), compiled on first use.
+"""FReLU's fused CPU kernels for training and inference (fp32, channels_last), compiled on first use.
 
 The source is ``timm_frelu/csrc/frelu_cpu.cpp``; ``torch.utils.cpp_extension`` builds it once per
 machine (about half a minute) into its cache and reloads it from there. It is built for the vector
 instructions torch itself dispatches to on this CPU (``torch.backends.cpu.get_cpu_capability()``),
 whose name is part of the build's name, so a cache shared with an older CPU can't hand it an
-unsupported build. Where it can't be built,
-for want of a C++ compiler say, FReLU warns once and trains with stock torch ops, which give the
-same results more slowly. ``TIMM_FRELU_CPU_KERNELS=0`` turns the kernels off.
+unsupported build. Where it can't be built, for want of a C++ compiler say, FReLU warns once and
+runs stock torch ops, which give the same results more slowly. ``TIMM_FRELU_CPU_KERNELS=0`` turns
+the kernels off.
 """
 import functools
 import os

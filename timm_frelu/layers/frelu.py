@@ -230,15 +230,11 @@ class _FReLUTrainFunction(torch.autograd.Function):
                 grad_out, x, shortcut, norm_weight, norm_bias, norm_mean, norm_invstd, funnel_wins,
                 weight, bias, bn_weight, batch_mean, batch_invstd)
         else:
-            act_input = x
-            if has_norm:
-                act_input = _apply_batch_norm(x, norm_weight, norm_bias, norm_mean, norm_invstd)
-                if shortcut is not None:
-                    act_input.add_(shortcut)
             needs_input_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or has_norm
             grad_act_input, grad_weight, grad_bias, grad_bn_weight, grad_bn_bias = _funnel_backward(
-                grad_out, act_input, funnel_wins, weight, bias, bn_weight, batch_mean, batch_invstd, ctx.padding,
-                ctx.eps, needs_input_grad, ctx.needs_input_grad[8])
+                grad_out, x, shortcut, norm_weight, norm_bias, norm_mean, norm_invstd, funnel_wins,
+                weight, bias, bn_weight, batch_mean, batch_invstd, ctx.padding, ctx.eps,
+                needs_input_grad, ctx.needs_input_grad[8])
         grad_x, grad_norm_weight, grad_norm_bias = grad_act_input, None, None
         if has_norm:
             grad_x, grad_norm_weight, grad_norm_bias = torch.ops.aten.native_batch_norm_backward(
@@ -274,11 +270,16 @@ def _update_running_statistics(running_mean, running_var, batch_mean, batch_var,
     running_var.lerp_(batch_var * (count / (count - 1)), momentum)
 
 
-def _funnel_backward(grad_out, act_input, funnel_wins, weight, bias, bn_weight, batch_mean, batch_invstd, padding, eps,
-                     needs_input_grad, needs_weight_grad):
-    """Gradients of ``max(act_input, BN(depthwise_conv(act_input)))`` with stock ops: those of
-    ``act_input`` (only the direct path's unless ``needs_input_grad``), the conv's weight and bias,
-    and the BN's weight and bias."""
+def _funnel_backward(grad_out, x, shortcut, norm_weight, norm_bias, norm_mean, norm_invstd, funnel_wins,
+                     weight, bias, bn_weight, batch_mean, batch_invstd, padding, eps, needs_input_grad, needs_weight_grad):
+    """Gradients of ``max(a, BN(depthwise_conv(a)))``, ``a = norm(x) + shortcut`` (or ``x``), with
+    stock ops, ``a`` recomputed: those of ``a`` (only the direct path's unless ``needs_input_grad``;
+    ``norm``'s backward is the caller's), the conv's weight and bias, and the BN's weight and bias."""
+    act_input = x
+    if norm_weight is not None:
+        act_input = _apply_batch_norm(x, norm_weight, norm_bias, norm_mean, norm_invstd)
+        if shortcut is not None:
+            act_input.add_(shortcut)
     channels = weight.shape[0]
     grad_condition = grad_out * funnel_wins
     grad_act_input = grad_out - grad_condition
