@@ -151,3 +151,16 @@ def test_policies_run_and_stay_uint8_sized(small_set):
     for policy in ('rand-m9-mstd0.5', 'trivial'):
         x, _ = next(iter(_loader(images, labels, train=True, auto_augment=policy)))
         assert x.shape == (16, 3, 32, 32) and torch.isfinite(x).all()
+
+
+def test_a_split_can_take_a_slice_of_itself_to_hold_out_validation_images():
+    whole = load_split('shared/cifar10-lossless', 'train')
+    head, tail = load_split('shared/cifar10-lossless', 'train[:3600]'), load_split('shared/cifar10-lossless', 'train[90%:]')
+    assert (len(head), len(tail)) == (3600, 400)
+    assert torch.equal(torch.cat([head.images, tail.images]), whole.images)
+    assert torch.equal(torch.cat([head.labels, tail.labels]), whole.labels)
+    assert tail.source['split'] == 'train[90%:]' and tail.source['content_sha256'] != whole.source['content_sha256']
+    with pytest.raises(DataError, match=r'train\[:45000\]'):
+        load_split('shared/cifar10-lossless', 'train[:half]')
+    with pytest.raises(DataError, match='selects no images'):
+        load_split('shared/cifar10-lossless', 'train[5000:]')

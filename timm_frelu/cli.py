@@ -78,9 +78,11 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sweep(args: argparse.Namespace) -> int:
-    from .sweep import main as sweep_main
-    return sweep_main(args.sweep_args)
+# Subcommands whose module has its own ``main(argv)``.
+DELEGATED = {
+    'sweep': 'run an Optuna sweep of training arguments (timm-frelu sweep --help)',
+    'gpu-zoo': 'train a plan on a lent GPU, and publish what it returns (timm-frelu gpu-zoo --help)',
+}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -131,9 +133,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     push.add_argument('--private', action='store_true')
     push.add_argument('--dry-run', action='store_true', help='print what would be sent, send nothing')
     push.set_defaults(run=_push)
-    sweep = commands.add_parser('sweep', help='run an Optuna sweep of training arguments', add_help=False)
-    sweep.add_argument('sweep_args', nargs=argparse.REMAINDER)
-    sweep.set_defaults(run=_sweep)
+    for name, help_text in DELEGATED.items():
+        commands.add_parser(name, help=help_text, add_help=False)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in DELEGATED:
+        # These commands have parsers of their own (and --help); hand them the rest of the line.
+        from importlib import import_module
+        return import_module(f'.{argv[0].replace("-", "_")}', __package__).main(argv[1:])
     args = parser.parse_args(argv)
     from .data import DataError
     from .hub import PublishError, PushError

@@ -12,6 +12,7 @@ A sweep is a YAML file:
     objective: {metric: eval_top1, direction: maximize}    # a summary.csv column, last epoch
     sampler: tpe            # tpe (default), random or grid
     pruner: median          # median (default), hyperband, successive_halving or none
+    pruner_args: {n_warmup_steps: 5}   # keyword arguments of the Optuna pruner (optional)
     n_trials: 8             # the study's budget of finished trials
 
 Each trial trains in-process with the training command's own code and writes a normal run
@@ -26,6 +27,7 @@ import argparse
 import logging
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -89,14 +91,19 @@ def _sampler(spec: Dict[str, Any], seed: Optional[int]) -> optuna.samplers.BaseS
 def _pruner(spec: Dict[str, Any]) -> optuna.pruners.BasePruner:
     kind = spec.get('pruner', 'median')
     pruners = {
-        'median': lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+        'median': optuna.pruners.MedianPruner,
         'hyperband': optuna.pruners.HyperbandPruner,
         'successive_halving': optuna.pruners.SuccessiveHalvingPruner,
         'none': optuna.pruners.NopPruner,
     }
     if kind not in pruners:
         raise SweepError(f'Unknown pruner {kind!r}: use one of {sorted(pruners)}.')
-    return pruners[kind]()
+    pruner_args = dict(n_startup_trials=2, n_warmup_steps=1) if kind == 'median' else {}
+    pruner_args.update(spec.get('pruner_args') or {})
+    try:
+        return pruners[kind](**pruner_args)
+    except TypeError as err:
+        raise SweepError(f'pruner_args {pruner_args} do not fit the {kind} pruner: {err}') from None
 
 
 def trial_args(spec: Dict[str, Any], values: Dict[str, Any], output: Path, trial_number: int) -> argparse.Namespace:
@@ -208,7 +215,7 @@ def write_report(study: optuna.Study, spec: Dict[str, Any], output: Path, top: i
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description='Run an Optuna sweep of training arguments (see timm_frelu.sweep).')
+    parser = argparse.ArgumentParser(prog='timm-frelu sweep', description='Run an Optuna sweep of training arguments (see timm_frelu.sweep).')
     parser.add_argument('sweep', help='sweep YAML file')
     parser.add_argument('--output', default='output/sweeps', help='parent folder of the study folder')
     parser.add_argument('--storage', default=None, help='Optuna storage URL (default: SQLite in the study folder)')
@@ -228,3 +235,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     for kind, path in paths.items():
         print(f'{kind}: {path}')
     return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -47,6 +47,7 @@ from timm_frelu.data import DataError, TensorLoader, load_split
 from timm_frelu.data.sources import check_same_size
 from timm_frelu.evaluation import evaluate
 from timm_frelu.fileio import write_text_atomic
+from timm_frelu.optim import WEIGHT_DECAY_EXCLUDES, weight_decay_param_groups
 
 _logger = logging.getLogger('train')
 
@@ -90,13 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--opt-betas', type=float, nargs='+', default=None)
     group.add_argument('--momentum', type=float, default=0.9)
     group.add_argument('--weight-decay', type=float, default=5e-4)
+    group.add_argument('--weight-decay-exclude', default='norm_bias', choices=WEIGHT_DECAY_EXCLUDES,
+                       help="parameters without weight decay: norm_bias (timm's: norm layers and biases), "
+                            "norm_bias_funnel (also FReLU's depthwise kernels) or none")
     group.add_argument('--clip-grad', type=float, default=None, help='gradient clipping threshold')
     group.add_argument('--clip-mode', default='norm', help='norm, value or agc')
 
     group = parser.add_argument_group('Schedule')
     group.add_argument('--sched', default='cosine', help='any of timm.scheduler: cosine, step, multistep, ...')
     group.add_argument('--sched-on-updates', action='store_true', help='update the lr every step, not every epoch')
-    group.add_argument('--lr', type=float, default=0.1)
+    group.add_argument('--lr', type=float, default=None, help='learning rate; overrides --lr-base when set')
+    group.add_argument('--lr-base', type=float, default=0.1, help='lr = lr_base * global batch size / lr_base_size')
+    group.add_argument('--lr-base-size', type=int, default=256, help='the batch size --lr-base is meant for')
+    group.add_argument('--lr-base-scale', default='', help="linear or sqrt scaling with the batch size (default: sqrt for ada*/lamb, else linear)")
     group.add_argument('--epochs', type=int, default=200)
     group.add_argument('--decay-epochs', type=float, default=30)
     group.add_argument('--decay-milestones', type=int, nargs='+', default=[100, 150])
@@ -163,6 +170,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
+def scaled_lr(args: argparse.Namespace) -> float:
+    """timm's rule: ``--lr-base`` scaled from ``--lr-base-size`` to the global batch size."""
+    batch_ratio = args.batch_size * args.world_size / args.lr_base_size
+    scale = args.lr_base_scale or ('sqrt' if any(o in args.opt.lower() for o in ('ada', 'lamb')) else 'linear')
+    return args.lr_base * (batch_ratio ** 0.5 if scale == 'sqrt' else batch_ratio)
+
+
 def _output_dir(args: argparse.Namespace) -> Path:
     if args.resume and not args.experiment:
         return Path(args.resume).resolve().parent
@@ -193,14 +207,15 @@ class _Progress:
 def train_one_epoch(epoch, model, loader, optimizer, loss_fn, args, lr_scheduler, autocast, loss_scaler,
                     model_ema=None, mixup_fn=None, num_updates=0):
     model.train()
-    loss_sum, seen, start = 0.0, 0, time.time()
+    # The loss is summed on the device and read back only at log steps: a read every step would
+    # make a GPU wait for each step before queueing the next.
+    loss_sum = None
+    seen, start = 0, time.time()
     for step, (images, targets) in enumerate(loader):
         if mixup_fn is not None:
             images, targets = mixup_fn(images, targets)
         with autocast():
             loss = loss_fn(model(images), targets)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f'The training loss became {loss.item()} at epoch {epoch}, step {step}.')
         optimizer.zero_grad(set_to_none=True)
         clip = dict(clip_grad=args.clip_grad, clip_mode=args.clip_mode, parameters=model.parameters())
         if loss_scaler is not None:
@@ -214,16 +229,20 @@ def train_one_epoch(epoch, model, loader, optimizer, loss_fn, args, lr_scheduler
         if model_ema is not None:
             model_ema.update(model, step=num_updates)
         lr_scheduler.step_update(num_updates=num_updates)
-        loss_sum += loss.item() * images.shape[0]
+        batch_loss = loss.detach().float() * images.shape[0]
+        loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
         seen += images.shape[0]
-        if args.rank == 0 and (step % args.log_interval == 0 or step == len(loader) - 1):
-            lr = optimizer.param_groups[0]['lr']
-            rate = seen * args.world_size / max(time.time() - start, 1e-9)
-            _logger.info(
-                f'Train: {epoch} [{step + 1:>4d}/{len(loader)}]  loss {loss.item():.4f} '
-                f'(avg {loss_sum / seen:.4f})  lr {lr:.3e}  {rate:.1f} img/s')
+        if step % args.log_interval == 0 or step == len(loader) - 1:
+            if not torch.isfinite(loss_sum):
+                raise NonFiniteLossError(f'The training loss became {loss_sum.item()} at epoch {epoch}, by step {step}.')
+            if args.rank == 0:
+                lr = optimizer.param_groups[0]['lr']
+                rate = seen * args.world_size / max(time.time() - start, 1e-9)
+                _logger.info(
+                    f'Train: {epoch} [{step + 1:>4d}/{len(loader)}]  loss {loss.item():.4f} '
+                    f'(avg {loss_sum.item() / seen:.4f})  lr {lr:.3e}  {rate:.1f} img/s')
     epoch_time = time.time() - start
-    return OrderedDict(loss=loss_sum / max(seen, 1), epoch_time=epoch_time,
+    return OrderedDict(loss=loss_sum.item() / max(seen, 1), epoch_time=epoch_time,
                        img_per_sec=seen * args.world_size / epoch_time), num_updates
 
 
@@ -269,7 +288,15 @@ def train(args: argparse.Namespace, epoch_callback: Optional[Callable[[int, Dict
     if args.distributed and args.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
-    optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args))
+    if not args.lr:
+        args.lr = scaled_lr(args)
+        if primary:
+            _logger.info(f'Learning rate {args.lr:g} from --lr-base {args.lr_base:g} at batch {args.lr_base_size} '
+                         f'and a global batch of {args.batch_size * args.world_size}.')
+    if args.lr <= 0:
+        raise ValueError(f'--lr must be positive, got {args.lr:g}.')
+    optimizer = create_optimizer_v2(
+        weight_decay_param_groups(model, args.weight_decay, args.weight_decay_exclude), **optimizer_kwargs(cfg=args))
     amp_dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
     autocast = partial(torch.autocast, device_type=device.type, dtype=amp_dtype) if args.amp else nullcontext
     loss_scaler = NativeScaler(device=device.type) if args.amp and amp_dtype == torch.float16 else None

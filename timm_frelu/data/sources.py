@@ -8,10 +8,15 @@ Dataset names follow timm's ``--dataset`` convention where one exists:
   folder (the full CIFAR-10 as lossy JPEG, and 4,000 train / 1,000 test original images).
 * ``folder``: an image folder ``data_dir/<split>/<class>/<image>``; classes are the sorted
   sub-folder names, so CIFAR folders named by class come out in the official label order.
+
+A split may take a slice of itself, in timm's (TFDS) split syntax: ``train[:45000]`` is the first
+45,000 training images in the dataset's order, ``train[45000:]`` the rest, ``train[:90%]`` the
+first 90%. That is how a validation set is held out of the training data.
 """
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -54,6 +59,37 @@ def default_data_dir() -> Path:
     return Path(os.environ.get(DATA_DIR_ENV) or 'data')
 
 
+_SLICED_SPLIT = re.compile(r'^(?P<name>[^\[\]]+)\[(?P<start>-?\d*%?):(?P<stop>-?\d*%?)\]$')
+
+
+def parse_split(split: str) -> Tuple[str, Optional[slice]]:
+    """``'train[:45000]'`` -> ``('train', slice(None, 45000))``; a bare name gets no slice. Bounds
+    are image counts, or percentages of the split with a ``%`` sign."""
+    if '[' not in split:
+        return split, None
+    match = _SLICED_SPLIT.match(split)
+    if not match:
+        raise DataError(
+            f'Cannot read the split {split!r}. Write a split name, optionally with a slice in timm\'s '
+            f'split syntax: train[:45000], train[45000:], train[:90%].')
+    return match['name'], slice(match['start'] or None, match['stop'] or None)
+
+
+def _slice_index(bound: Optional[str], size: int) -> Optional[int]:
+    if bound is None:
+        return None
+    return round(size * int(bound[:-1]) / 100) if bound.endswith('%') else int(bound)
+
+
+def _take_slice(image_set: ImageSet, split: str, bounds: slice) -> ImageSet:
+    size = len(image_set)
+    index = slice(_slice_index(bounds.start, size), _slice_index(bounds.stop, size))
+    images, labels = image_set.images[index], image_set.labels[index]
+    if labels.numel() == 0:
+        raise DataError(f'The split {split!r} selects no images of the {size} there are.')
+    return ImageSet(images.contiguous(), labels.contiguous(), image_set.classes, image_set.source)
+
+
 def load_split(
         dataset: str,
         split: str,
@@ -61,7 +97,10 @@ def load_split(
         download: bool = False,
         img_size: Optional[int] = None,
 ) -> ImageSet:
-    """Load ``split`` ('train' or 'test', or any folder name for ``folder``) of ``dataset``."""
+    """Load ``split`` ('train' or 'test', or any folder name for ``folder``, optionally sliced as
+    in ``train[:45000]``) of ``dataset``."""
+    full_split = split
+    split, bounds = parse_split(full_split)
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     if dataset in TORCHVISION_DATASETS:
         image_set = _load_torchvision(dataset, split, data_dir, download)
@@ -78,7 +117,9 @@ def load_split(
         raise DataError(
             f'Unknown dataset {dataset!r}. Use one of {TORCHVISION_DATASETS + SHARED_DATASETS} or '
             f"'folder' with --data-dir pointing at <dir>/<split>/<class>/ images.")
-    image_set.source.update(dataset=dataset, split=split, num_images=len(image_set))
+    if bounds is not None:
+        image_set = _take_slice(image_set, full_split, bounds)
+    image_set.source.update(dataset=dataset, split=full_split, num_images=len(image_set))
     image_set.source['content_sha256'] = image_set.content_sha256()
     return image_set
 

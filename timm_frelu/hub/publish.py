@@ -12,6 +12,7 @@ The folder is assembled beside its final place and renamed into it, so an existi
 only replaced by a complete new one.
 """
 import argparse
+import csv
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import yaml
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from timm.models import create_model
 from timm.models._hub import save_config_for_hf
 
@@ -37,18 +38,31 @@ class PublishError(RuntimeError):
     pass
 
 
-def _load_training_checkpoint(path: Path) -> Dict[str, Any]:
+def load_training_checkpoint(path: Path) -> Dict[str, Any]:
+    """A timm training checkpoint (``state_dict``, ``state_dict_ema``, ``epoch``, ...), or a
+    ``.safetensors`` weights file as ``{'state_dict': ...}``, loaded without unpickling code."""
     if not path.is_file():
         raise PublishError(f'No checkpoint at {path}; pass a training run folder or a checkpoint file.')
-    # timm's training checkpoints hold the run's argparse.Namespace beside the tensors.
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        try:
+    try:
+        if path.suffix == '.safetensors':
+            return {'state_dict': load_file(path)}
+        # timm's training checkpoints hold the run's argparse.Namespace beside the tensors.
+        with torch.serialization.safe_globals([argparse.Namespace]):
             checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-        except Exception as err:
-            raise PublishError(f'{path} is not a readable checkpoint ({type(err).__name__}: {err}).') from None
+    except Exception as err:
+        raise PublishError(f'{path} is not a readable checkpoint ({type(err).__name__}: {err}).') from None
     if 'state_dict' not in checkpoint:
         raise PublishError(f'{path} holds no state_dict; is it a timm training checkpoint?')
     return checkpoint
+
+
+def _run_checkpoint(run_dir: Path, checkpoint: str) -> Path:
+    """The checkpoint of a run folder to publish: ``last``/``best`` of a training run, or the
+    weights file of a run that kept only its weights (as the GPU zoo job returns them)."""
+    wanted = run_dir / ('model_best.pth.tar' if checkpoint == 'best' else 'last.pth.tar')
+    if not wanted.is_file() and (run_dir / WEIGHTS_FILENAME).is_file():
+        return run_dir / WEIGHTS_FILENAME
+    return wanted
 
 
 def publish(
@@ -65,8 +79,8 @@ def publish(
     """Export ``source`` (a run folder, or a checkpoint file in one) as ``<output_root>/<name_tag>``."""
     source = Path(source)
     run_dir = source if source.is_dir() else source.parent
-    checkpoint_file = run_dir / ('model_best.pth.tar' if checkpoint == 'best' else 'last.pth.tar') if source.is_dir() else source
-    state = _load_training_checkpoint(checkpoint_file)
+    checkpoint_file = _run_checkpoint(run_dir, checkpoint) if source.is_dir() else source
+    state = load_training_checkpoint(checkpoint_file)
     if weights == 'auto':
         weights = 'ema' if 'state_dict_ema' in state else 'model'
     if weights == 'ema' and 'state_dict_ema' not in state:
@@ -103,7 +117,7 @@ def publish(
             result['training'] = training if run_args else None
         results = dict(
             model=name_tag, weights_file=WEIGHTS_FILENAME, weights_sha256=sha256, weights_dtype=dtype,
-            weights=weights, source_checkpoint=f'{run_dir.name}/{checkpoint_file.name}', source_epoch=state.get('epoch'),
+            weights=weights, source_checkpoint=f'{run_dir.name}/{checkpoint_file.name}', source_epoch=_source_epoch(state, stage),
             evaluations=evaluations,
         )
         write_json_atomic(stage / RESULTS_FILENAME, results)
@@ -123,6 +137,18 @@ def publish(
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return final
+
+
+def _source_epoch(state: Dict[str, Any], stage: Path) -> Optional[int]:
+    """The epoch the weights are from: the checkpoint's, else the last of the run's summary."""
+    if state.get('epoch') is not None:
+        return state['epoch']
+    summary = stage / 'summary.csv'
+    if not summary.is_file():
+        return None
+    with open(summary) as f:
+        rows = list(csv.DictReader(f))
+    return int(rows[-1]['epoch']) if rows else None
 
 
 def _evaluate_stored_file(name_tag: str, weights: Path, datasets: Sequence[str], data_dir: Optional[str],
