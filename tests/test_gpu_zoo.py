@@ -29,8 +29,8 @@ defaults:
   threads: 1
   log_interval: 10
 runs:
-  - {name: resnet20_frelu.cifar10, share: 1}
-  - {name: resnet20_relu.cifar10, share: 1, args: {epochs: 1}}
+  - {name: resnet20_frelu.gpu_cifar10, share: 1}
+  - {name: resnet20_relu.gpu_cifar10, share: 1, args: {epochs: 1}}
 '''
 
 
@@ -68,13 +68,13 @@ def test_job_leaves_a_manifest_and_parts_within_the_return_limits(returned):
 def test_returned_runs_are_verified_unpacked_and_published(returned, tmp_path):
     published = publish_returned(returned, tmp_path / 'unpacked', output_root=tmp_path / 'checkpoints',
                                  eval_datasets=['shared/cifar10-lossless'])
-    assert [p.name for p in published] == ['resnet20_frelu.cifar10', 'resnet20_relu.cifar10']
+    assert [p.name for p in published] == ['resnet20_frelu.gpu_cifar10', 'resnet20_relu.gpu_cifar10']
     frelu = published[0]
     results = json.loads((frelu / 'results.json').read_text())
     assert results['weights_sha256'] == file_sha256(frelu / 'model.safetensors')
     assert results['source_epoch'] == 1 and results['evaluations'][0]['count'] == 1000
     # The published file holds the run's EMA weights, as exported on the device.
-    exported = load_file(tmp_path / 'unpacked' / 'resnet20_frelu.cifar10' / 'model.safetensors')
+    exported = load_file(tmp_path / 'unpacked' / 'resnet20_frelu.gpu_cifar10' / 'model.safetensors')
     assert torch.equal(load_file(frelu / 'model.safetensors')['fc.weight'], exported['fc.weight'])
     model = timm.create_model('resnet20_frelu.cifar10', pretrained=True,
                               pretrained_cfg_overlay=dict(file=str(frelu / 'model.safetensors'))).eval()
@@ -127,4 +127,4 @@ def test_shipped_plans_name_training_arguments_only():
         plan = load_plan(path)
         for run in plan.runs:
             args = train_args(plan, run, Path('/tmp'), 'cuda')
-            assert args.amp and args.channels_last and args.model == run.name, path
+            assert args.amp and args.channels_last and args.model == run.name.replace('.gpu_', '.'), path

@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import timm
@@ -8,7 +9,8 @@ import torch
 from safetensors.torch import save_file
 
 from timm_frelu import FReLU
-from timm_frelu.models import ActResNet, CifarResNet
+from timm_frelu.models import ACTS, ARCHS, ActResNet, CifarResNet
+from timm_frelu.zoo import find_weights, published_weights
 
 IMAGENET_FAMILY = {  # name: (block kind, blocks per stage)
     'resnet18_frelu': ('basic', (2, 2, 2, 2)),
@@ -39,7 +41,8 @@ def test_tags_map_a_cifar_batch_to_class_logits(name, tag, num_classes):
     model = timm.create_model(f'{name}.{tag}').eval()
     assert model.pretrained_cfg['tag'] == tag
     assert model.pretrained_cfg['input_size'] == (3, 32, 32)
-    assert model.pretrained_cfg['hf_hub_id'] == f'timm-frelu/{name}.{tag}'
+    published = find_weights(name, tag)
+    assert model.pretrained_cfg.get('hf_hub_id') == (f'timm-frelu/{name}.{tag}' if published else None)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, num_classes)
 
 
@@ -136,13 +139,32 @@ def test_unknown_model_name_is_a_clear_error():
         timm.create_model('resnet19_frelu')
 
 
-def test_pretrained_without_weights_is_a_clear_error():
+def test_pretrained_without_weights_fails_at_once_and_names_the_weights_that_exist(monkeypatch):
+    # Online as far as the Hub client knows: the error must still come before any network attempt.
+    monkeypatch.setenv('HF_ENDPOINT', 'http://127.0.0.1:9')
+    start = time.perf_counter()
     with pytest.raises(RuntimeError) as info:
         timm.create_model('resnet110_frelu.cifar100', pretrained=True)
+    assert time.perf_counter() - start < 1
     message = str(info.value)
-    assert 'No pretrained weights could be loaded for resnet110_frelu.cifar100' in message
-    assert 'timm-frelu/resnet110_frelu.cifar100' in message and 'pretrained=False' in message
-    assert info.value.__cause__ is None and info.value.__suppress_context__
+    assert 'No pretrained weights exist for resnet110_frelu.cifar100' in message and 'pretrained=False' in message
+    assert all(w.name_tag in message for w in published_weights())
+    assert info.value.__cause__ is None
+
+
+def test_the_registry_lists_exactly_the_published_weights():
+    ours = {f'{arch}_{act}' for arch in ARCHS for act in ACTS}
+    listed = {name for name in timm.list_pretrained() if name.split('.')[0] in ours}
+    assert listed == {w.name_tag for w in published_weights()}
+    for name in ours:
+        assert timm.is_model_pretrained(name) == any(w.name == name for w in published_weights())
+        # Names without weights still build, untrained, for both datasets.
+        assert timm.create_model(f'{name}.cifar100').num_classes == 100
+    for weights in published_weights():
+        cfg = timm.models.get_pretrained_cfg(weights.name_tag)
+        assert cfg.hf_hub_id == weights.hf_hub_id and cfg.license == weights.license
+        assert all(f"{m['top1']:.2f}%" in note and m['data'] in note for m, note in zip(weights.metrics, cfg.notes))
+        assert weights.sha256 in cfg.description
 
 
 def test_shipped_weights_load_offline_from_the_checkpoints_folder(tmp_path):

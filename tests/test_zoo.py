@@ -14,6 +14,7 @@ from timm_frelu.fileio import file_sha256
 from timm_frelu.hub import push
 from timm_frelu.hub.push import REQUIRED_FILES
 from timm_frelu.main_job import DEFAULT_MODEL, DEFAULT_TAG
+from timm_frelu.zoo import build_manifest, load_manifest
 from timm_frelu.validate import parser as validate_parser, validate
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / 'checkpoints'
@@ -34,6 +35,10 @@ def test_checkpoints_stay_small_and_only_unfinished_runs_keep_optimizer_state():
     assert sum(path.stat().st_size for path in files) < SIZE_LIMIT_MB * 2 ** 20
     training_states = [path for path in files if path.name.endswith('.pth.tar')]
     assert all(path.relative_to(CHECKPOINTS).parts[0] == 'in-progress' for path in training_states), training_states
+
+
+def test_the_package_manifest_lists_exactly_the_shipped_folders():
+    assert list(load_manifest()) == build_manifest(CHECKPOINTS), 'run timm-frelu publish, or rebuild the manifest'
 
 
 @shipped

@@ -23,7 +23,7 @@ A plan is a YAML file::
     defaults: {amp: true, channels_last: true, ...}                # train arguments over the recipe's
     benchmarks: [{archs: [resnet18, resnet50], batch_size: 256}]    # optional FReLU/ReLU step ratios
     runs:                                                          # in priority order
-      - {name: resnet18_frelu.cifar10, share: 1, args: {epochs: 200}}  # epochs: the most it may take
+      - {name: resnet18_frelu.gpu_cifar10, share: 1, args: {epochs: 200}}  # epochs: the most it may take
 
     python -m timm_frelu.gpu_zoo run zoo_configs/gpu/plan-1-resnet18.yaml --output "$OUT" --time-budget 500
 """
@@ -47,6 +47,7 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 from .fileio import file_sha256, write_json_atomic, write_text_atomic
+from .zoo import tag_dataset
 
 _logger = logging.getLogger('gpu_zoo')
 
@@ -70,7 +71,7 @@ class _TimeUp(Exception):
 
 @dataclass
 class PlannedRun:
-    name: str  # <model>.<tag>: the model trained and the name it is published as
+    name: str  # <model>.<recipe>_<dataset>: the model trained, and the name it is published as
     share: float = 1.0
     args: Dict[str, Any] = field(default_factory=dict)
 
@@ -107,7 +108,8 @@ def train_args(plan: Plan, run: PlannedRun, work_dir: Path, device: str) -> argp
         if not hasattr(args, key):
             raise GpuZooError(f'{key!r} in the plan is not an argument of the training command.')
         setattr(args, key, value)
-    args.model, args.device = run.name, device
+    name, tag = run.name.split('.', 1)
+    args.model, args.device = f'{name}.{tag_dataset(tag)}', device  # trained untrained, published as run.name
     args.output, args.experiment = str(work_dir), run.name
     return args
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from .data import DataError
-from .models._weights import shipped_weights
+from .zoo import shipped_weights
 from .train import main as train_main
 from .fileio import write_json_atomic
 from .validate import format_results, parser as validate_parser, validate

@@ -9,18 +9,12 @@ from typing import Any, Dict
 import yaml
 from huggingface_hub import EvalResult, ModelCardData
 
+from ..data.constants import DATASET_DESCRIPTIONS
+from ..layers import ACT_TITLES
 from ..models import ACTS
-from ..models._weights import hub_repo_id
+from ..zoo import hub_repo_id, tag_dataset
 from ..summary import model_summary
 
-ACT_TITLES = dict(frelu='FReLU (Funnel activation)', relu='ReLU', swish='Swish (SiLU)', mish='Mish',
-                  dyrelua='DY-ReLU-A', dyrelub='DY-ReLU-B')
-DATA_DESCRIPTIONS = {
-    'shared/cifar10-jpeg': 'the CIFAR-10 test set as lossy JPEG (quality ~75; not the official pixels), 10,000 images',
-    'shared/cifar10-lossless': 'the first 1,000 images of the official CIFAR-10 test set, original pixels',
-    'torch/cifar10': 'the official CIFAR-10 test set (torchvision), 10,000 images',
-    'torch/cifar100': 'the official CIFAR-100 test set (torchvision), 10,000 images',
-}
 RECIPE_KEYS = ('epochs', 'opt', 'lr', 'momentum', 'weight_decay', 'batch_size', 'sched', 'decay_milestones',
                'warmup_epochs', 'smoothing', 'model_ema', 'model_ema_decay', 'mixup', 'cutmix', 'aa', 'cutout',
                'crop_padding', 'hflip', 'seed', 'dataset')
@@ -40,6 +34,7 @@ def _data_label(result: Dict[str, Any]) -> str:
 
 def render_card(name_tag: str, results: Dict[str, Any], run_args: Dict[str, Any], folder: Path, has_figure: bool) -> str:
     name, tag = name_tag.split('.', 1)
+    dataset = tag_dataset(tag)
     arch, _, act = name.rpartition('_')
     cost = model_summary(name)
     evaluations = results['evaluations']
@@ -47,10 +42,10 @@ def render_card(name_tag: str, results: Dict[str, Any], run_args: Dict[str, Any]
         library_name='timm',
         license='apache-2.0',
         tags=['image-classification', 'timm', 'cifar', act] + (['frelu', 'funnel-activation'] if act == 'frelu' else []),
-        datasets=[tag],
+        datasets=[dataset],
         model_name=name_tag,
         eval_results=[
-            EvalResult(task_type='image-classification', dataset_type=tag, dataset_name=_data_label(r),
+            EvalResult(task_type='image-classification', dataset_type=dataset, dataset_name=_data_label(r),
                        dataset_config=r['data']['dataset'], dataset_split=r['data']['split'], metric_type='accuracy', metric_name='top-1 accuracy',
                        metric_value=round(r['top1'], 2))
             for r in evaluations
@@ -69,7 +64,7 @@ def render_card(name_tag: str, results: Dict[str, Any], run_args: Dict[str, Any]
         f'---\n{card_data.to_yaml()}\n---',
         f'# {name_tag}',
         '',
-        f'`{arch}` with **{ACT_TITLES.get(act, act)}** in its residual blocks, trained on {tag.upper()}, for '
+        f'`{arch}` with **{ACT_TITLES.get(act, act)}** in its residual blocks, trained for {dataset.upper()}, for '
         f'[timm](https://github.com/huggingface/pytorch-image-models) with the timm-frelu plugin. '
         f'Hub repo: `{hub_repo_id(name, tag)}`.',
         '',
@@ -102,7 +97,7 @@ def render_card(name_tag: str, results: Dict[str, Any], run_args: Dict[str, Any]
         '| --- | --- | --- | --- | --- |',
     ]
     for r in evaluations:
-        lines.append(f"| {DATA_DESCRIPTIONS.get(r['data']['dataset'], _data_label(r))} (`{_data_label(r)}`) | "
+        lines.append(f"| {DATASET_DESCRIPTIONS.get(r['data']['dataset'], _data_label(r))} (`{_data_label(r)}`) | "
                      f"{r['count']} | {r['top1']:.2f} | {r['top5']:.2f} | {r['loss']:.4f} |")
     lines += ['', 'Per-class top-1 and the SHA256 of the evaluated pixels are in `results.json`.', '']
     if has_figure:
@@ -138,7 +133,7 @@ def render_card(name_tag: str, results: Dict[str, Any], run_args: Dict[str, Any]
         '',
         '- Trained and tested at 32x32 on CIFAR-sized images; not an ImageNet model.',
     ]
-    if tag == 'cifar10':
+    if dataset == 'cifar10':
         lines.append(f'- `{name}.cifar100` weights are pending data: no CIFAR-100 copy was available to train them; '
                      'its tag, recipes and code are ready.')
     if any(r['data']['dataset'] == 'shared/cifar10-jpeg' for r in evaluations) or run_args.get('dataset', '').startswith('shared/'):

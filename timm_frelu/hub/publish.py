@@ -16,17 +16,18 @@ import csv
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
-from timm.models import create_model
+from timm.models import create_model, list_models
 from timm.models._hub import save_config_for_hf
 
 from ..data import DataError
 from ..fileio import file_sha256, write_json_atomic
-from ..models._weights import RESULTS_FILENAME, WEIGHTS_FILENAME, checkpoints_dir
+from ..data.constants import CIFAR_NUM_CLASSES
+from ..zoo import RESULTS_FILENAME, WEIGHTS_FILENAME, build_manifest, checkpoints_dir, tag_dataset, write_manifest
 from ..validate import parser as validate_parser, validate
 from .card import render_card
 
@@ -76,7 +77,13 @@ def publish(
         data_dir: Optional[str] = None,
         figure: bool = True,
 ) -> Path:
-    """Export ``source`` (a run folder, or a checkpoint file in one) as ``<output_root>/<name_tag>``."""
+    """Export ``source`` (a run folder, or a checkpoint file in one) as ``<output_root>/<name_tag>``.
+
+    ``name_tag`` is ``<model>.<recipe>_<dataset>`` (or ``<model>.<dataset>``), timm's tag style; the
+    run's classifier must fit the dataset. Publishing into the zoo's own checkpoints folder (no
+    ``output_root``) also rewrites the package's manifest of published weights.
+    """
+    name, dataset, tag = _check_name(name_tag)
     source = Path(source)
     run_dir = source if source.is_dir() else source.parent
     checkpoint_file = _run_checkpoint(run_dir, checkpoint) if source.is_dir() else source
@@ -88,28 +95,35 @@ def publish(
     state_dict = state['state_dict_ema' if weights == 'ema' else 'state_dict']
     args_file = run_dir / 'args.yaml'
     run_args = yaml.safe_load(args_file.read_text()) if args_file.is_file() else {}
+    num_classes = state_dict['fc.weight'].shape[0] if 'fc.weight' in state_dict else None
+    if num_classes != CIFAR_NUM_CLASSES[dataset]:
+        raise PublishError(
+            f'{checkpoint_file} has a {num_classes}-class classifier, but {name_tag} names {dataset} weights '
+            f'({CIFAR_NUM_CLASSES[dataset]} classes). The zoo publishes CIFAR weights; keep a fine-tuned model as '
+            f'its run folder, or load its weights with pretrained_cfg_overlay=dict(file=...).')
 
-    name, _, tag = name_tag.partition('.')
-    if not tag:
-        raise PublishError(f'Name the checkpoint as <model>.<tag>, e.g. resnet20_frelu.cifar10, not {name_tag!r}.')
     model_args = dict(run_args.get('model_kwargs') or {})
-    model = create_model(name_tag, num_classes=state_dict['fc.weight'].shape[0], **model_args)
+    model = create_model(f'{name}.{dataset}', **model_args)
     model.load_state_dict(state_dict)
 
-    output_root = Path(output_root) if output_root else checkpoints_dir()
+    zoo_root = checkpoints_dir()
+    if output_root is None and zoo_root is None:
+        raise PublishError('No checkpoints folder to publish into: pass --output, or set $TIMM_FRELU_CHECKPOINTS.')
+    output_root = Path(output_root) if output_root else zoo_root
     output_root.mkdir(parents=True, exist_ok=True)
     final = output_root / name_tag
     stage = Path(tempfile.mkdtemp(prefix=f'.{name_tag}.', dir=output_root))
     try:
         stored = {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in model.state_dict().items()}
         save_file(stored, stage / WEIGHTS_FILENAME, metadata={'format': 'pt'})
-        save_config_for_hf(model, str(stage / 'config.json'), model_args=model_args or None)
+        save_config_for_hf(model, str(stage / 'config.json'), model_config={'pretrained_cfg': {'tag': tag}},
+                           model_args=model_args or None)
         for extra, target in ((args_file, 'recipe.yaml'), (run_dir / 'summary.csv', 'summary.csv')):
             if extra.is_file():
                 shutil.copy(extra, stage / target)
 
         sha256 = file_sha256(stage / WEIGHTS_FILENAME)
-        evaluations = _evaluate_stored_file(name_tag, stage / WEIGHTS_FILENAME, eval_datasets, data_dir, model_args)
+        evaluations = _evaluate_stored_file(name_tag, dataset, stage / WEIGHTS_FILENAME, eval_datasets, data_dir, model_args)
         training = {key: run_args.get(key) for key in ('model', 'dataset', 'seed', 'epochs', 'config')}
         if (stage / 'summary.csv').is_file():
             training['summary_csv'] = 'summary.csv'  # beside results.json
@@ -121,7 +135,7 @@ def publish(
             evaluations=evaluations,
         )
         write_json_atomic(stage / RESULTS_FILENAME, results)
-        has_figure = figure and _draw_figure(name_tag, stage, data_dir)
+        has_figure = figure and _draw_figure(f'{name}.{dataset}', stage, data_dir)
         (stage / 'README.md').write_text(render_card(name_tag, results, run_args, stage, has_figure))
 
         # mkdtemp makes a private folder; a published one is readable like any checkout.
@@ -136,7 +150,22 @@ def publish(
         shutil.rmtree(backup, ignore_errors=True)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+    if zoo_root is not None and output_root.resolve() == zoo_root.resolve():
+        write_manifest(build_manifest(zoo_root))
     return final
+
+
+def _check_name(name_tag: str) -> Tuple[str, str, str]:
+    """``(model, dataset, tag)`` of a publish name, or a PublishError that says what is wrong."""
+    name, _, tag = name_tag.partition('.')
+    if not tag:
+        raise PublishError(f'Name the checkpoint as <model>.<tag>, e.g. resnet20_frelu.gpu_cifar10, not {name_tag!r}.')
+    if name not in list_models():
+        raise PublishError(f'Unknown model {name!r}: publish a registered model (`timm-frelu models` lists them).')
+    try:
+        return name, tag_dataset(tag), tag
+    except ValueError as err:
+        raise PublishError(str(err)) from None
 
 
 def _source_epoch(state: Dict[str, Any], stage: Path) -> Optional[int]:
@@ -151,28 +180,30 @@ def _source_epoch(state: Dict[str, Any], stage: Path) -> Optional[int]:
     return int(rows[-1]['epoch']) if rows else None
 
 
-def _evaluate_stored_file(name_tag: str, weights: Path, datasets: Sequence[str], data_dir: Optional[str],
-                          model_args: Dict[str, Any]) -> List[Dict[str, Any]]:
+def _evaluate_stored_file(name_tag: str, tag_dataset: str, weights: Path, datasets: Sequence[str],
+                          data_dir: Optional[str], model_args: Dict[str, Any]) -> List[Dict[str, Any]]:
+    name = name_tag.split('.')[0]
     evaluations = []
     for dataset in datasets:
-        argv = ['--model', name_tag, '--checkpoint', str(weights), '--dataset', dataset]
+        argv = ['--model', f'{name}.{tag_dataset}', '--checkpoint', str(weights), '--dataset', dataset]
         if data_dir:
             argv += ['--data-dir', data_dir]
         if model_args:
             argv += ['--model-kwargs', *[f'{k}={v}' for k, v in model_args.items()]]
         result = validate(validate_parser.parse_args(argv))
         result['weights']['file'] = WEIGHTS_FILENAME  # relative: the folder moves, and ships to the Hub
+        result['model'] = name_tag
         evaluations.append(result)
     return evaluations
 
 
-def _draw_figure(name_tag: str, stage: Path, data_dir: Optional[str]) -> bool:
+def _draw_figure(model_name: str, stage: Path, data_dir: Optional[str]) -> bool:
     from ..visualize import show_frelu
-    if not name_tag.split('.')[0].endswith('_frelu'):
+    if not model_name.split('.')[0].endswith('_frelu'):
         return False
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            _, conditions = show_frelu(name_tag, Path(tmp), checkpoint=str(stage / WEIGHTS_FILENAME),
+            _, conditions = show_frelu(model_name, Path(tmp), checkpoint=str(stage / WEIGHTS_FILENAME),
                                        dataset='shared/cifar10-lossless', data_dir=data_dir)
         except DataError as err:  # the figure needs the shared test images; the checkpoint does not
             print(f'publish: no FReLU figure ({str(err).splitlines()[0]})')

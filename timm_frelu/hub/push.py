@@ -20,7 +20,7 @@ except ImportError:
     from httpx import TransportError
 
 from ..fileio import file_sha256
-from ..models._weights import HF_HUB_ORG, RESULTS_FILENAME, WEIGHTS_FILENAME, published_sha256
+from ..zoo import HF_HUB_ORG, RESULTS_FILENAME, WEIGHTS_FILENAME, published_sha256
 
 REQUIRED_FILES = (WEIGHTS_FILENAME, 'config.json', RESULTS_FILENAME, 'README.md')
 T = TypeVar('T')

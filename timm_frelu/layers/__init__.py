@@ -1,5 +1,5 @@
 from .act_factory import ACT_NAME, register_frelu_activation
-from .block_act import BLOCK_ACTIVATIONS, create_block_act
+from .block_act import ACT_TITLES, BLOCK_ACTIVATIONS, create_block_act
 from .dyrelu import DyReLU, DyReLUA, DyReLUB
 from .frelu import FReLU, LazyFReLU, create_frelu, frelu_reference
 from .fuse import FusedFReLU, fuse

@@ -21,6 +21,9 @@ BLOCK_ACTIVATIONS: Dict[str, Callable[[int], nn.Module]] = {
     'dyrelua': DyReLUA,
     'dyrelub': DyReLUB,
 }
+# How cards, reports and docstrings name them.
+ACT_TITLES: Dict[str, str] = dict(frelu='FReLU (Funnel activation)', relu='ReLU', swish='Swish (SiLU)', mish='Mish',
+                                  dyrelua='DY-ReLU-A', dyrelub='DY-ReLU-B')
 
 
 def create_block_act(name: str, channels: int) -> nn.Module:

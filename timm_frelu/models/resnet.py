@@ -34,9 +34,9 @@ from timm.layers import LayerType, create_classifier, get_act_layer, get_norm_la
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet, make_blocks
 
-from ..data.constants import CIFAR_MEAN_STD, CIFAR_NUM_CLASSES
-from ..layers import BLOCK_ACTIVATIONS, FReLU, create_block_act
-from ._weights import WeightsNotFound, checkpoints_dir, hub_repo_id, pretrained_weights, shipped_weights
+from ..data.constants import CIFAR10_CLASSES, CIFAR_MEAN_STD, CIFAR_NUM_CLASSES
+from ..layers import ACT_TITLES, BLOCK_ACTIVATIONS, FReLU, create_block_act
+from ..zoo import PublishedWeights, WeightsNotFound, published_weights, resolve_weights, shipped_weights, tag_dataset
 
 __all__ = ['ActResNet', 'CifarResNet', 'FReLUStage', 'ACT_LAYOUTS', 'STEMS', 'set_block_activations']
 
@@ -239,14 +239,19 @@ def _create_resnet(variant: str, pretrained: bool = False, stem: str = 'cifar', 
     if pretrained:
         # Resolve and verify the weights here, so that timm loads one checked local file.
         cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
-        try:
-            weights = pretrained_weights(cfg)
-        except WeightsNotFound as err:
-            name = f'{variant}.{cfg.tag}' if cfg.tag else variant
+        name = f'{variant}.{cfg.tag}' if cfg.tag else variant
+        if not cfg.has_weights:
+            published = ', '.join(w.name_tag for w in published_weights()) or 'none yet'
             raise RuntimeError(
-                f'No pretrained weights could be loaded for {name}: none are shipped in '
-                f'{checkpoints_dir() / name}, and {err}. Use pretrained=False, train weights with the '
-                f"training script, or load a file with pretrained_cfg_overlay=dict(file='model.safetensors').") from None
+                f'No pretrained weights exist for {name}. Published weights: {published} '
+                f"(timm.list_pretrained('*_frelu*') lists them). Build it untrained with pretrained=False, "
+                f"or load weights of your own with pretrained_cfg_overlay=dict(file='model.safetensors').")
+        try:
+            weights = resolve_weights(cfg)
+        except WeightsNotFound as err:
+            raise RuntimeError(
+                f'The pretrained weights of {name} could not be loaded: {err}. Use pretrained=False, train weights '
+                f"with the training script, or load a file with pretrained_cfg_overlay=dict(file='model.safetensors').") from None
         kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, file=str(weights), source='')
     # The stem and every stage are feature levels; timm's default assumes four stages.
     feature_cfg = dict(out_indices=tuple(range(len(channels) + 1)))
@@ -272,18 +277,16 @@ ARCHS: Dict[str, Dict[str, Any]] = {
     'resnet110': _cifar_resnet(110),
 }
 ACTS = tuple(BLOCK_ACTIVATIONS)
-TAGS = ('cifar10', 'cifar100')
-_ACT_TITLES = dict(frelu='FReLU (Funnel activation)', relu='ReLU', swish='Swish (SiLU)', mish='Mish',
-                   dyrelua='DY-ReLU-A', dyrelub='DY-ReLU-B')
+# Every model has an untrained config for each dataset; published weights add their own tags.
+DATA_TAGS = ('cifar10', 'cifar100')
 
 
-def _cfg(name: str, tag: str, num_stages: int) -> Dict[str, Any]:
-    mean, std = CIFAR_MEAN_STD[tag]
+def _cfg(name: str, tag: str, num_stages: int, weights: Optional[PublishedWeights] = None) -> Dict[str, Any]:
+    dataset = tag_dataset(tag)
+    mean, std = CIFAR_MEAN_STD[dataset]
     final_size = 32 // 2 ** (num_stages - 1)  # the CIFAR stem does not downsample; each later stage halves
-    return dict(
-        hf_hub_id=hub_repo_id(name, tag),
-        file=shipped_weights(name, tag),
-        num_classes=CIFAR_NUM_CLASSES[tag],
+    cfg = dict(
+        num_classes=CIFAR_NUM_CLASSES[dataset],
         input_size=(3, 32, 32),
         pool_size=(final_size, final_size),
         crop_pct=1.0,
@@ -292,17 +295,37 @@ def _cfg(name: str, tag: str, num_stages: int) -> Dict[str, Any]:
         std=std,
         first_conv='conv1',
         classifier='fc',
+        label_names=CIFAR10_CLASSES if dataset == 'cifar10' else None,
         license='apache-2.0',
         paper_name='Funnel Activation for Visual Recognition',
         paper_ids='arXiv:2007.11824',
     )
+    if weights is not None:
+        shipped = shipped_weights(name, tag)
+        cfg.update(
+            hf_hub_id=weights.hf_hub_id,
+            file=str(shipped) if shipped else None,
+            origin_url=f'https://huggingface.co/{weights.hf_hub_id}',
+            description=f'{weights.epochs} epochs on {weights.train_data}; SHA256 {weights.sha256}',
+            notes=tuple(f"top-1 {m['top1']:.2f}% on {m['description']} ({m['data']})" for m in weights.metrics),
+        )
+    return cfg
+
+
+def _model_cfgs(name: str, num_stages: int) -> Dict[str, Dict[str, Any]]:
+    """A model's tags: its published weights (longest-trained first, so the default), then the
+    untrained dataset configs it has no weights for."""
+    cfgs = {f'{name}.{w.tag}': _cfg(name, w.tag, num_stages, w) for w in published_weights(name)}
+    for tag in DATA_TAGS:
+        cfgs.setdefault(f'{name}.{tag}', _cfg(name, tag, num_stages))
+    return cfgs
 
 
 default_cfgs = generate_default_cfgs({
-    f'{arch}_{act}.{tag}': _cfg(f'{arch}_{act}', tag, len(args.get('channels', (64, 128, 256, 512))))
+    name_tag: cfg
     for arch, args in ARCHS.items()
     for act in ACTS
-    for tag in TAGS
+    for name_tag, cfg in _model_cfgs(f'{arch}_{act}', len(args.get('channels', (64, 128, 256, 512)))).items()
 })
 
 
@@ -315,7 +338,7 @@ def _register(arch: str, act: str) -> None:
 
     entrypoint.__name__ = entrypoint.__qualname__ = name
     entrypoint.__module__ = __name__
-    entrypoint.__doc__ = f'{arch} with {_ACT_TITLES[act]} in its residual blocks (act_layout selects which).'
+    entrypoint.__doc__ = f'{arch} with {ACT_TITLES[act]} in its residual blocks (act_layout selects which).'
     globals()[name] = register_model(entrypoint)
 
 

@@ -1,0 +1,21 @@
+"""The zoo's published weights, in one place: where their folders live, the manifest that lists
+them (and from which the models' pretrained configs are made), lookup, download and SHA256 checks.
+
+A published folder ``<model>.<tag>/`` holds ``model.safetensors``, ``config.json``,
+``results.json`` (the weights' SHA256 and their evaluations), ``recipe.yaml``, ``summary.csv`` and
+the model card. Such folders live in ``checkpoints/`` of a source checkout (or wherever
+``$TIMM_FRELU_CHECKPOINTS`` points) and in the Hub repos ``timm-frelu/<model>.<tag>``. The
+manifest, ``manifest.json`` in this package, is made from those folders and travels with every
+install, so a wheel knows which weights exist, what they scored and what their files must hash to.
+"""
+from .layout import (CHECKPOINTS_ENV, HF_HUB_ORG, RESULTS_FILENAME, WEIGHTS_FILENAME, checkpoints_dir, hub_repo_id,
+                     published_sha256, shipped_weights, tag_dataset)
+from .manifest import MANIFEST_FILE, PublishedWeights, build_manifest, find_weights, load_manifest, published_weights, write_manifest
+from .weights import WeightsNotFound, resolve_weights, verify_weights
+
+__all__ = [
+    'CHECKPOINTS_ENV', 'HF_HUB_ORG', 'MANIFEST_FILE', 'RESULTS_FILENAME', 'WEIGHTS_FILENAME', 'PublishedWeights',
+    'WeightsNotFound', 'build_manifest', 'checkpoints_dir', 'find_weights', 'hub_repo_id', 'load_manifest',
+    'published_sha256', 'published_weights', 'resolve_weights', 'shipped_weights', 'tag_dataset', 'verify_weights',
+    'write_manifest',
+]
