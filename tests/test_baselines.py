@@ -9,7 +9,10 @@ from timm.layers import get_act_layer
 
 from timm_frelu import DyReLUA, DyReLUB, FReLU
 from timm_frelu.layers import DyReLU
-from timm_frelu.models import ACTS, ARCHS, FReLUStage
+from timm.models.resnet import BasicBlock, Bottleneck
+
+from timm_frelu.models import ACTS, ARCHS
+from timm_frelu.zoo import published_weights
 
 BASELINES = ('relu', 'swish', 'mish', 'dyrelua', 'dyrelub')
 ACTIVATION_TYPES = (FReLU, DyReLU, nn.ReLU, nn.SiLU, nn.Mish)
@@ -21,12 +24,12 @@ def test_every_arch_has_the_whole_comparison_family():
     for arch in ARCHS:
         assert {f'{arch}_{act}' for act in ACTS} <= set(timm.list_models(f'{arch}_*'))  # timm has resnet50_gn etc.
         for act in ACTS:
-            assert timm.list_pretrained(f'{arch}_{act}.*') == [f'{arch}_{act}.cifar10', f'{arch}_{act}.cifar100']
+            assert timm.list_pretrained(f'{arch}_{act}.*') == [w.name_tag for w in published_weights(f'{arch}_{act}')]
 
 
 def _structure(model):
-    """(activation positions, everything else) of a model's module tree. A FReLUStage counts as the
-    nn.Sequential it subclasses: it holds the same blocks and changes only how training runs them."""
+    """(activation positions, everything else) of a model's module tree. A block counts as the timm
+    block it subclasses: the subclasses differ only in the activations they create."""
     acts, rest = [], {}
     inside_act = ()
     for name, module in model.named_modules():
@@ -36,7 +39,7 @@ def _structure(model):
             acts.append(name)
             inside_act = tuple(f'{a}.' for a in acts)
             continue
-        module_type = nn.Sequential if isinstance(module, FReLUStage) else type(module)
+        module_type = next((base for base in (BasicBlock, Bottleneck) if isinstance(module, base)), type(module))
         rest[name] = (module_type, [tuple(p.shape) for p in module.parameters(recurse=False)])
     return acts, rest
 

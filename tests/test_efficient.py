@@ -14,7 +14,7 @@ import torch
 import timm_frelu
 from timm_frelu import FReLU, FusedFReLU
 from timm_frelu.layers.cpu_kernels import cpu_kernels, cpu_kernels_apply
-from timm_frelu.models import FReLUStage
+from timm_frelu.models.blocks import FReLUBasicBlock, FReLUBottleneck
 
 
 def _pair(channels=8, bias=False, momentum=0.1, kernel_size=3):
@@ -150,9 +150,10 @@ def _randomize_batch_norms(model):
     ('resnet20_frelu', {}),
     ('resnet50_frelu', dict(layers=(1, 2, 1, 1), channels=(8, 16, 16, 16), stem_width=8, act_layout='all')),
 ])
-def test_frelu_stages_train_like_the_reference(name, kwargs, channels_last):
+def test_frelu_blocks_train_like_the_reference(name, kwargs, channels_last):
     efficient = _randomize_batch_norms(timm.create_model(name, **kwargs))
-    assert all(isinstance(getattr(efficient, f'layer{i}'), FReLUStage) for i in (1, 2, 3))
+    blocks = [block for i in (1, 2, 3) for block in getattr(efficient, f'layer{i}')]
+    assert all(isinstance(block, (FReLUBasicBlock, FReLUBottleneck)) and block.lean for block in blocks)
     naive = copy.deepcopy(efficient)
     for module in naive.modules():
         if isinstance(module, FReLU):
@@ -165,7 +166,7 @@ def test_frelu_stages_train_like_the_reference(name, kwargs, channels_last):
 
 @pytest.mark.parametrize('channels_last', [False, True])
 def test_frelu_resnet_keeps_little_more_for_backward_than_its_relu_twin(channels_last):
-    # The stages hand each block's BN -> FReLU (and residual add -> FReLU) to one autograd node,
+    # The blocks hand each BN -> FReLU (and residual add -> FReLU) to one autograd node,
     # which keeps the conv output and block input the ReLU block keeps anyway, plus a byte mask;
     # so do the CPU kernels, which channels_last input takes.
     fmt = torch.channels_last if channels_last else torch.contiguous_format

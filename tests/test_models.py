@@ -1,3 +1,4 @@
+import copy
 import os
 import subprocess
 import sys
@@ -7,9 +8,13 @@ import pytest
 import timm
 import torch
 from safetensors.torch import save_file
+from timm.layers import DropPath
+from timm.models.resnet import BasicBlock, Bottleneck
+from torch import nn
 
 from timm_frelu import FReLU
-from timm_frelu.models import ACTS, ARCHS, ActResNet, CifarResNet
+from timm_frelu.models import ACTS, ARCHS, CifarResNet
+from timm_frelu.models.blocks import FReLUBasicBlock, FReLUBottleneck
 from timm_frelu.zoo import find_weights, published_weights
 
 IMAGENET_FAMILY = {  # name: (block kind, blocks per stage)
@@ -111,7 +116,7 @@ def test_paper_layout_keeps_relu_in_stem_and_stage_4():
 @pytest.mark.parametrize('name', sorted(IMAGENET_FAMILY))
 def test_imagenet_stem_is_timms_resnet(name):
     model = timm.create_model(name, stem='imagenet').eval()
-    assert isinstance(model, ActResNet) and isinstance(model, timm.models.resnet.ResNet)
+    assert type(model) is timm.models.resnet.ResNet
     assert model.pretrained_cfg['input_size'] == (3, 224, 224) and model.num_classes == 1000
     assert [info['reduction'] for info in model.feature_info] == [2, 4, 8, 16, 32]
     timm_twin = timm.create_model(name.replace('_frelu', ''))
@@ -184,3 +189,30 @@ def test_shipped_weights_load_offline_from_the_checkpoints_folder(tmp_path):
     env = dict(os.environ, TIMM_FRELU_CHECKPOINTS=str(tmp_path), HF_HUB_OFFLINE='1')
     result = subprocess.run([sys.executable, '-c', script, str(tmp_path / 'io.pt')], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize('block_cls', [FReLUBasicBlock, FReLUBottleneck])
+@pytest.mark.parametrize('training', [False, True])
+@pytest.mark.parametrize('extras', [{}, dict(drop_path=DropPath(0.5))])
+def test_frelu_block_forward_is_timms(block_cls, training, extras):
+    """The FReLU blocks' own forward (plain and lean) computes what timm's block forward does."""
+    timm_forward = BasicBlock.forward if issubclass(block_cls, BasicBlock) else Bottleneck.forward
+    inplanes = 16 * block_cls.expansion
+    downsample = nn.Sequential(nn.Conv2d(inplanes, 32 * block_cls.expansion, 1, stride=2, bias=False),
+                               nn.BatchNorm2d(32 * block_cls.expansion))
+    block = block_cls(inplanes, 32, stride=2, downsample=downsample, **extras).train(training)
+    assert block.lean == (not extras)
+    twin = copy.deepcopy(block)
+    x = torch.randn(4, inplanes, 8, 8, requires_grad=True)
+    x_twin = x.detach().clone().requires_grad_()
+    torch.manual_seed(1)
+    ours = block(x)
+    torch.manual_seed(1)
+    theirs = timm_forward(twin, x_twin)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    if training:
+        ours.square().sum().backward()
+        theirs.square().sum().backward()
+        assert torch.allclose(x.grad, x_twin.grad, atol=1e-4)
+        for (name, p), q in zip(block.named_parameters(), twin.parameters()):
+            assert torch.allclose(p.grad, q.grad, atol=1e-4, rtol=1e-4), name

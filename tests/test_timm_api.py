@@ -45,16 +45,29 @@ def test_features_only_reductions(name):
     assert [f.shape[-1] for f in features] == [32 // r for r in expected_reductions]
 
 
-def test_grad_checkpointing_gives_the_same_gradients(name):
+def test_grad_checkpointing_gives_the_same_gradients_on_the_lean_path(name, monkeypatch):
+    from timm_frelu.models import blocks
+    lean_calls = []
+    for cls in (blocks.FReLUBasicBlock, blocks.FReLUBottleneck):
+        monkeypatch.setattr(cls, '_lean_forward', _counted(cls._lean_forward, lean_calls))
     x = _input()
     grads = []
     for checkpointing in (False, True):
         torch.manual_seed(0)
         model = timm.create_model(name, zero_init_last=False)
         model.set_grad_checkpointing(checkpointing)
+        lean_calls.clear()
         model(x).sum().backward()
+        assert lean_calls, 'the FReLU blocks did not take their lean training forward'
         grads.append(model.layer1[0].act1.weight.grad)
     assert torch.allclose(grads[0], grads[1], atol=1e-5)
+
+
+def _counted(method, calls):
+    def counted(self, x):
+        calls.append(type(self).__name__)
+        return method(self, x)
+    return counted
 
 
 def test_channels_last(name):
@@ -98,3 +111,62 @@ def test_torch_compile(compiled_name):
     x = _input()
     with torch.no_grad():
         assert torch.allclose(torch.compile(model)(x), model(x), atol=1e-4)
+
+
+# FX, intermediates and pruning over every activation: FReLU models and each baseline's CIFAR
+# and ImageNet-layout ResNet.
+BASELINES = ('relu', 'swish', 'mish', 'dyrelua', 'dyrelub')
+EVERY_KIND = sorted(NAMES + [f'{arch}_{act}' for arch in ('resnet20', 'resnet50') for act in BASELINES])
+
+
+@pytest.mark.parametrize('name', EVERY_KIND)
+@pytest.mark.parametrize('training', [False, True])
+def test_fx_symbolic_trace_runs_like_the_model(name, training):
+    model = timm.create_model(name).train(training)
+    traced = torch.fx.symbolic_trace(model)
+    x = _input()
+    assert torch.allclose(traced(x), model(x), atol=1e-5)
+    if training:
+        traced(x).sum().backward()
+        assert all(p.grad is not None for p in model.parameters())
+    else:
+        assert torch.allclose(torch.jit.script(traced)(x), model(x), atol=1e-5)
+
+
+@pytest.mark.parametrize('name', EVERY_KIND)
+def test_timm_fx_feature_extractor_matches_the_hooks_one(name):
+    torch.manual_seed(0)
+    hooks = timm.create_model(name, features_only=True).eval()
+    torch.manual_seed(0)  # the same initial weights: the two wrappers name their parameters differently
+    fx = timm.create_model(name, features_only=True, feature_cls='fx').eval()
+    x = _input()
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(fx(x), hooks(x), strict=True))
+
+
+@pytest.mark.parametrize('name', EVERY_KIND)
+def test_forward_intermediates_follow_feature_info(name):
+    model = timm.create_model(name).eval()
+    x = _input()
+    final, levels = model.forward_intermediates(x)
+    assert [t.shape[1] for t in levels] == [info['num_chs'] for info in model.feature_info]
+    assert [t.shape[-1] for t in levels] == [32 // info['reduction'] for info in model.feature_info]
+    assert torch.allclose(final, model.forward_features(x), atol=1e-6)
+    last_two = model.forward_intermediates(x, indices=2, intermediates_only=True)
+    assert len(last_two) == 2 and all(torch.equal(a, b) for a, b in zip(last_two, levels[-2:]))
+    picked = model.forward_intermediates(x, indices=[0, -1], norm=True, intermediates_only=True)
+    assert torch.equal(picked[0], levels[0]) and torch.equal(picked[1], levels[-1])
+    (second,) = model.forward_intermediates(x, indices=[1], stop_early=True, intermediates_only=True)
+    assert torch.equal(second, levels[1])
+    with pytest.raises(AssertionError):
+        model.forward_intermediates(x, indices=[len(levels)])
+
+
+@pytest.mark.parametrize('name', EVERY_KIND)
+def test_prune_intermediate_layers_keeps_what_the_indices_need(name):
+    model = timm.create_model(name).eval()
+    x = _input()
+    levels = model.forward_intermediates(x, intermediates_only=True)
+    assert model.prune_intermediate_layers(indices=[1]) == [1]
+    assert model.num_classes == 0
+    (kept,) = model.forward_intermediates(x, indices=[1], intermediates_only=True)
+    assert torch.equal(kept, levels[1])

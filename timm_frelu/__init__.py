@@ -5,7 +5,7 @@ Importing this package registers the ``<arch>_frelu`` models and their baselines
 timm's activation factory.
 """
 from .layers import DyReLUA, DyReLUB, FReLU, FusedFReLU, LazyFReLU, create_frelu, fuse, register_frelu_activation
-from .models import ActResNet, CifarResNet
+from .models import CifarResNet
 
 register_frelu_activation()
 

@@ -14,10 +14,12 @@ Cost: two FC layers per activation (C*C/R + C/R*2K(C) weights), which the model 
 """
 import torch
 import torch.nn as nn
+from timm.layers._fx import register_notrace_module
 
 __all__ = ['DyReLU', 'DyReLUA', 'DyReLUB']
 
 
+@register_notrace_module  # timm's FX feature extraction keeps it whole, as its own layers
 class DyReLU(nn.Module):
     """Dynamic ReLU.
 
@@ -64,7 +66,7 @@ class DyReLU(nn.Module):
         return slopes, intercepts
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.channels:
+        if isinstance(x, torch.Tensor) and (x.dim() != 4 or x.shape[1] != self.channels):  # not for FX proxies
             raise ValueError(f'DyReLU built for {self.channels} channels expects (N, {self.channels}, H, W), got {list(x.shape)}.')
         slopes, intercepts = self.coefficients(x)
         slopes, intercepts = slopes[:, :, None, None, :], intercepts[:, :, None, None, :]

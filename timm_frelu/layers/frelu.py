@@ -23,12 +23,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
+from timm.layers._fx import register_notrace_module
 
 from .cpu_kernels import cpu_inference_kernel_applies, cpu_kernels, cpu_kernels_apply
 
 __all__ = ['FReLU', 'LazyFReLU', 'create_frelu', 'frelu_reference']
 
 
+@register_notrace_module  # timm's FX feature extraction keeps it whole, as its own layers
 class FReLU(nn.Module):
     """Funnel activation: ``max(x, BN(depthwise_conv(x)))``.
 
@@ -82,15 +84,18 @@ class FReLU(nn.Module):
 
     def funnel_condition(self, x: torch.Tensor) -> torch.Tensor:
         """The spatial condition ``T(x) = BN(depthwise_conv(x))``."""
-        self._check_input(x)
+        if isinstance(x, torch.Tensor):  # FX traces with proxies, which have no shape to check
+            self._check_input(x)
         padding = self.kernel_size // 2
         return self.bn(F.conv2d(x, self.weight, self.bias, padding=padding, groups=self.weight.shape[0]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.efficient and not torch.jit.is_scripting() and self._can_use_efficient_training(x):
-            return self._efficient_training_forward(x)
-        if self.efficient and not torch.jit.is_scripting() and self._can_fold_bn():
-            return self._folded_forward(x)
+        # The fast paths are for tensors; FX tracing (proxies) and TorchScript see the formula.
+        if self.efficient and not torch.jit.is_scripting() and isinstance(x, torch.Tensor):
+            if self._can_use_efficient_training(x):
+                return self._efficient_training_forward(x)
+            if self._can_fold_bn():
+                return self._folded_forward(x)
         return torch.maximum(x, self.funnel_condition(x))
 
     @torch.jit.unused

@@ -4,6 +4,7 @@ import copy
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers._fx import register_notrace_module
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .frelu import FReLU, folded_funnel_max
@@ -11,6 +12,7 @@ from .frelu import FReLU, folded_funnel_max
 __all__ = ['FusedFReLU', 'fuse']
 
 
+@register_notrace_module
 class FusedFReLU(nn.Module):
     """``max(x, depthwise_conv(x) + b)``: an eval-mode FReLU with its BN folded into the kernel."""
 
@@ -35,7 +37,7 @@ class FusedFReLU(nn.Module):
         if self.training:
             raise RuntimeError('A fused FReLU holds its BN statistics folded into the kernel and cannot train; '
                                'train or fine-tune the unfused model and fuse it again.')
-        if not torch.jit.is_scripting():
+        if not torch.jit.is_scripting() and isinstance(x, torch.Tensor):
             return self._eager_forward(x)
         funnel = F.conv2d(x, self.weight, self.bias, padding=self.kernel_size // 2, groups=self.weight.shape[0])
         return torch.maximum(x, funnel)
@@ -61,6 +63,8 @@ def _fold_pairs(module: nn.Module) -> None:
     for name, child in module.named_children():
         if isinstance(child, FReLU):
             setattr(module, name, FusedFReLU.from_frelu(child))
+    if getattr(module, 'lean', False):
+        module.lean = False  # the lean forward hands each BN to its FReLU; a fused block has neither
 
 
 @torch.no_grad()

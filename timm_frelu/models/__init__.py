@@ -1,1 +1,2 @@
-from .resnet import ACT_LAYOUTS, ACTS, ARCHS, STEMS, ActResNet, CifarResNet, FReLUStage, set_block_activations
+from .blocks import ACT_LAYOUTS, block_class, block_classes
+from .resnet import ACTS, ARCHS, STEMS, CifarResNet

@@ -24,108 +24,28 @@ it survives timm's JSON config export:
 Pretrained tags ``cifar10`` and ``cifar100`` describe the CIFAR-stem models at 32x32 input.
 A name without a tag resolves to its first tag, ``cifar10``, as everywhere in timm.
 """
-from collections import OrderedDict
-from typing import Any, Dict, Optional, Tuple, Type, Union
+from typing import Any, Dict, List, Optional, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import LayerType, create_classifier, get_act_layer, get_norm_layer
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
+from timm.models._features import feature_take_indices
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet, make_blocks
 
 from ..data.constants import CIFAR10_CLASSES, CIFAR_MEAN_STD, CIFAR_NUM_CLASSES
-from ..layers import ACT_TITLES, BLOCK_ACTIVATIONS, FReLU, create_block_act
+from ..layers import ACT_TITLES, BLOCK_ACTIVATIONS
 from ..zoo import PublishedWeights, WeightsNotFound, published_weights, resolve_weights, shipped_weights, tag_dataset
+from .blocks import ACT_LAYOUTS, block_classes
 
-__all__ = ['ActResNet', 'CifarResNet', 'FReLUStage', 'ACT_LAYOUTS', 'STEMS', 'set_block_activations']
+__all__ = ['CifarResNet', 'ACT_LAYOUTS', 'STEMS']
 
-ACT_LAYOUTS = ('paper', 'all')
 STEMS = ('cifar', 'imagenet')
-PAPER_STAGES = 3
-
-
-def set_block_activations(model: ResNet, block_act: str, act_layout: str) -> None:
-    """Give the residual blocks that ``act_layout`` selects the activation ``block_act``, each
-    sized from the BN before it. Runs inside the constructors, before any weights are loaded."""
-    if act_layout not in ACT_LAYOUTS:
-        raise ValueError(f'Unknown act_layout {act_layout!r}; choose one of {ACT_LAYOUTS}.')
-    if block_act == 'relu':
-        return  # timm's blocks already have it
-    num_stages = len(model.feature_info) - 1
-    for stage in range(PAPER_STAGES if act_layout == 'paper' else num_stages):
-        blocks = getattr(model, f'layer{stage + 1}')
-        for block in blocks:
-            for i in range(1, _num_convs(block) + 1):
-                bn = getattr(block, f'bn{i}')
-                act = create_block_act(block_act, bn.num_features)
-                setattr(block, f'act{i}', act.to(device=bn.weight.device, dtype=bn.weight.dtype))
-        if block_act == 'frelu':
-            setattr(model, f'layer{stage + 1}', FReLUStage(OrderedDict(blocks.named_children())))
-
-
-def _num_convs(block: nn.Module) -> int:
-    return 3 if isinstance(block, Bottleneck) else 2
-
-
-class FReLUStage(nn.Sequential):
-    """A stage of FReLU blocks that, in training, runs each block's BN -> FReLU steps (and the
-    residual add before the last FReLU) as single autograd nodes; see ``FReLU.forward_after_norm``.
-
-    This keeps the BN outputs and the residual sums out of the tensors saved for backward, which
-    FReLU would otherwise need on top of what a ReLU block keeps. The modules, their names and
-    the state dict are those of the plain ``nn.Sequential`` stage. Blocks with a drop-block,
-    anti-aliasing, attention or stochastic-depth module run their own forward; so does every
-    block in eval mode, under TorchScript and under timm's gradient checkpointing, which calls
-    the blocks one by one.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting() and self.training and torch.is_grad_enabled():
-            return self._lean_forward(x)
-        for block in self:
-            x = block(x)
-        return x
-
-    @torch.jit.unused
-    def _lean_forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self:
-            x = _lean_block_forward(block, x) if _has_plain_layout(block) else block(x)
-        return x
-
-
-def _has_plain_layout(block: nn.Module) -> bool:
-    """True when a BasicBlock or Bottleneck is conv -> BN -> activation throughout, its last
-    activation after the residual add, and every activation an FReLU."""
-    return (isinstance(block, (BasicBlock, Bottleneck)) and not block._forward_hooks and not block._forward_pre_hooks
-            and isinstance(block.drop_block, nn.Identity) and isinstance(block.aa, nn.Identity)
-            and block.se is None and block.drop_path is None
-            and all(isinstance(getattr(block, f'act{i}'), FReLU) for i in range(1, _num_convs(block) + 1)))
-
-
-def _lean_block_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    shortcut = x
-    num_convs = _num_convs(block)
-    for i in range(1, num_convs + 1):
-        x = getattr(block, f'conv{i}')(x)
-        if i < num_convs:
-            x = getattr(block, f'act{i}').forward_after_norm(x, getattr(block, f'bn{i}'))
-    if block.downsample is not None:
-        shortcut = block.downsample(shortcut)
-    return getattr(block, f'act{num_convs}').forward_after_norm(x, getattr(block, f'bn{num_convs}'), shortcut)
-
-
-class ActResNet(ResNet):
-    """timm's ResNet, ImageNet stem and all, with ``block_act`` in the blocks ``act_layout`` selects."""
-
-    def __init__(self, *args, block_act: str = 'frelu', act_layout: str = 'paper', **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        set_block_activations(self, block_act, act_layout)
 
 
 class CifarResNet(ResNet):
-    """timm's ResNet with a CIFAR stem (one 3x3 stride-1 conv, no max-pool) and ``block_act`` in
-    the blocks ``act_layout`` selects.
+    """timm's ResNet with a CIFAR stem (one 3x3 stride-1 conv, no max-pool).
 
     It reuses everything of :class:`timm.models.resnet.ResNet` but its constructor, which
     hard-codes the 7x7 stride-2 stem, a 64-channel stem width and four stages. Networks with
@@ -143,10 +63,8 @@ class CifarResNet(ResNet):
         drop_rate: Dropout rate before the classifier.
         drop_path_rate: Stochastic depth rate, rising linearly over the blocks.
         zero_init_last: Zero-init the last BN of each residual branch.
-        act_layer: Activation of the stem and of the blocks ``act_layout`` leaves alone.
+        act_layer: Activation of the stem (and of timm's own blocks).
         norm_layer: Normalisation layer.
-        block_act: Activation of the selected blocks, a name of ``BLOCK_ACTIVATIONS``.
-        act_layout: Which blocks get ``block_act``: 'paper' or 'all'.
         block_args: Extra keyword arguments for the blocks.
     """
 
@@ -164,8 +82,6 @@ class CifarResNet(ResNet):
             zero_init_last: bool = True,
             act_layer: LayerType = nn.ReLU,
             norm_layer: LayerType = nn.BatchNorm2d,
-            block_act: str = 'frelu',
-            act_layout: str = 'paper',
             block_args: Optional[Dict[str, Any]] = None,
             device=None,
             dtype=None,
@@ -210,8 +126,32 @@ class CifarResNet(ResNet):
         self.num_features = channels[-1] * block_fns[-1].expansion
         self.global_pool, self.fc = create_classifier(self.num_features, self.num_classes, pool_type=global_pool, **dd)
         self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
-        set_block_activations(self, block_act, act_layout)
         self.init_weights(zero_init_last=zero_init_last)
+
+    # timm's ResNet counts five feature levels; a model with fewer stages has fewer. Both methods
+    # take timm's index conventions (last n, negative, explicit) over this model's own levels.
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """The stem's and every stage's output (or those ``indices`` selects), as timm's ResNet."""
+        take_indices, _ = feature_take_indices(len(self.feature_info), indices)
+        return super().forward_intermediates(x, take_indices, norm, stop_early, output_fmt, intermediates_only)
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the stages after the last of ``indices`` (and the head), as timm's ResNet."""
+        take_indices, _ = feature_take_indices(len(self.feature_info), indices)
+        return super().prune_intermediate_layers(take_indices, prune_norm, prune_head)
 
 
 # Used with stem='imagenet': the CIFAR tags' data config would not describe that model.
@@ -221,10 +161,14 @@ _IMAGENET_STEM_CFG = dict(
 )
 
 
-def _create_resnet(variant: str, pretrained: bool = False, stem: str = 'cifar', **kwargs) -> ResNet:
+def _create_resnet(variant: str, pretrained: bool = False, stem: str = 'cifar', block_act: str = 'frelu',
+                   act_layout: str = 'paper', **kwargs) -> ResNet:
+    """Build ``variant`` with ``block_act`` in the blocks ``act_layout`` selects: a
+    :class:`CifarResNet`, or with ``stem='imagenet'`` timm's own ``ResNet``."""
     if stem not in STEMS:
         raise ValueError(f'Unknown stem {stem!r} for {variant}; choose one of {STEMS}.')
     channels = kwargs.get('channels', (64, 128, 256, 512))
+    kwargs['block'] = block_classes(kwargs['block'], len(channels), block_act, act_layout)
     if stem == 'cifar':
         model_cls = CifarResNet
     else:
@@ -234,7 +178,7 @@ def _create_resnet(variant: str, pretrained: bool = False, stem: str = 'cifar', 
             raise ValueError(
                 f'No ImageNet-stem weights exist for {variant}; the cifar10/cifar100 weights are for '
                 f"stem='cifar'. Use pretrained=False with stem='imagenet'.")
-        model_cls = ActResNet
+        model_cls = ResNet
         kwargs['pretrained_cfg_overlay'] = dict(_IMAGENET_STEM_CFG, **(kwargs.get('pretrained_cfg_overlay') or {}))
     if pretrained:
         # Resolve and verify the weights here, so that timm loads one checked local file.
