@@ -2,6 +2,9 @@
 timm, gives back the accuracy its results.json records when the eval command runs again on the
 shipped file, and travels through the Hub protocol unchanged."""
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,3 +88,49 @@ def test_default_checkpoint_round_trips_through_the_hub(hub, tmp_path):
     printed = run_python(LOAD_SCRIPT.format(name=folder.name), HF_ENDPOINT=hub.endpoint, HF_HUB_OFFLINE='0',
                          HF_HUB_CACHE=str(tmp_path / 'cache'), TIMM_FRELU_CHECKPOINTS=str(tmp_path / 'nothing-shipped'))
     assert same_outputs(printed.strip(), expected)
+
+
+@pytest.fixture(scope='module')
+def wheel_python(tmp_path_factory):
+    """The python of a fresh venv with this project installed from its wheel (a non-editable
+    install: no checkout, no checkpoints folder). torch, timm and the rest come from this
+    interpreter's site-packages, as they would from the user's."""
+    root = tmp_path_factory.mktemp('wheel')
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--quiet', '--no-deps', '--no-build-isolation',
+                    '--wheel-dir', str(root / 'dist'), str(repo)], check=True, capture_output=True)
+    subprocess.run([sys.executable, '-m', 'venv', '--system-site-packages', str(root / 'venv')], check=True)
+    python = root / 'venv' / 'bin' / 'python'
+    (wheel,) = (root / 'dist').glob('timm_frelu-*.whl')
+    subprocess.run([str(python), '-m', 'pip', 'install', '--quiet', '--no-deps', '--force-reinstall', str(wheel)],
+                   check=True, capture_output=True)
+    return python
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (CHECKPOINTS / f'{DEFAULT_MODEL}.{DEFAULT_TAG}').is_dir(), reason='the default checkpoint is not shipped yet')
+def test_a_wheel_install_downloads_verified_weights_from_the_hub(wheel_python, hub, tmp_path):
+    name = f'{DEFAULT_MODEL}.{DEFAULT_TAG}'
+    push(CHECKPOINTS / name, endpoint=hub.endpoint, token=HUB_TOKEN)
+    expected = str(model_outputs(timm.create_model(name, pretrained=True)).flatten().tolist())
+    env = dict(os.environ, HF_ENDPOINT=hub.endpoint, HF_HUB_OFFLINE='0', HF_HUB_CACHE=str(tmp_path / 'cache'))
+    env.pop('TIMM_FRELU_CHECKPOINTS', None)
+
+    def load(model_name):
+        script = ('import timm_frelu.zoo as zoo\nassert zoo.checkpoints_dir() is None, zoo.checkpoints_dir()\n'
+                  'assert "site-packages" in zoo.__file__, zoo.__file__\n' + LOAD_SCRIPT.format(name=model_name))
+        return subprocess.run([str(wheel_python), '-c', script], env=env, cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300)
+
+    for model_name in (name, f'hf-hub:timm-frelu/{name}'):
+        result = load(model_name)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert same_outputs(result.stdout.strip(), expected)
+    # A repo whose weights are not the published ones is refused against the wheel's manifest.
+    tampered = tmp_path / 'model.safetensors'
+    tampered.write_bytes(bytes(b ^ 0xFF if i == 50_000 else b for i, b in enumerate((CHECKPOINTS / name / 'model.safetensors').read_bytes())))
+    HfApi(endpoint=hub.endpoint, token=HUB_TOKEN).upload_file(
+        path_or_fileobj=str(tampered), path_in_repo='model.safetensors', repo_id=f'timm-frelu/{name}')
+    env['HF_HUB_CACHE'] = str(tmp_path / 'fresh-cache')
+    result = load(name)
+    assert result.returncode != 0 and "timm_frelu's manifest of published weights publishes" in result.stderr

@@ -82,6 +82,7 @@ def _push(args: argparse.Namespace) -> int:
 DELEGATED = {
     'sweep': 'run an Optuna sweep of training arguments (timm-frelu sweep --help)',
     'gpu-zoo': 'train a plan on a lent GPU, and publish what it returns (timm-frelu gpu-zoo --help)',
+    'run': "run one of timm's scripts (train.py, validate.py, ...) with these models registered",
 }
 
 
