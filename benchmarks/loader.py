@@ -16,6 +16,7 @@ from torchvision import datasets, transforms
 
 import timm_frelu  # noqa: F401
 from timm_frelu.data import CIFAR10_MEAN, CIFAR10_STD, TensorLoader, load_split
+from timm_frelu.measure import interleaved_medians, training_step
 from timm_frelu.data.shared import SHARED_ARCHIVES, unpacked_archive, verified_archive
 
 
@@ -29,18 +30,9 @@ def images_per_second(loader, batches: int) -> float:
     return seen / (time.perf_counter() - start)
 
 
-def model_train_images_per_second(batch_size: int, steps: int = 5) -> float:
-    model = timm.create_model('resnet20_frelu').train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    x, y = torch.randn(batch_size, 3, 32, 32), torch.randint(0, 10, (batch_size,))
-    for step in range(steps + 1):
-        if step == 1:
-            start = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return steps * batch_size / (time.perf_counter() - start)
+def model_train_images_per_second(batch_size: int, repeats: int = 5) -> float:
+    model = timm.create_model('resnet20_frelu')
+    return batch_size / interleaved_medians({'train': training_step(model, batch_size)}, repeats)['train']
 
 
 def main() -> None:

@@ -15,75 +15,33 @@ within each repeat, and is printed as a ratio to the ReLU model of the same run:
     python benchmarks/perf.py [--archs resnet20 resnet56 resnet18 resnet50] [--repeats 5] [--compile]
 """
 import argparse
-import statistics
-import time
-from typing import Callable, Dict, Hashable, List, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import timm
 import torch
 
 import timm_frelu
 from timm_frelu import FReLU
+from timm_frelu.measure import inference_step, interleaved_medians, saved_activation_bytes, training_step
 
 BATCH = {'resnet20': 128, 'resnet56': 128, 'resnet18': 64, 'resnet50': 32}
-
-
-def interleaved_medians(steps: Dict[Hashable, Callable[[], None]], repeats: int) -> Dict[Hashable, float]:
-    """Median seconds of each step, timing the steps in turn within every repeat: on a shared
-    machine whose speed drifts, the drift then lands on every variant alike instead of on
-    whichever was measured last."""
-    for step in steps.values():
-        step()  # warm-up: allocator, kernels, caches, and compilation where compiled
-    times: Dict[Hashable, List[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
-def saved_activation_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
-    seen: Dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor):
-        storage = tensor.untyped_storage()
-        seen[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(x).sum()
-    return sum(size for ptr, size in seen.items() if ptr not in parameters and ptr != x.untyped_storage().data_ptr())
 
 
 def variant(model: torch.nn.Module, batch: int, train: bool = True,
             compile: bool = False) -> Tuple[Dict[str, Callable[[], None]], Optional[Callable[[], int]]]:
     """One variant's timed steps (a training step: forward, backward, SGD update, unless ``train``
     is off; an inference forward) and, when it trains, its activation-memory probe."""
-    model = model.to(memory_format=torch.channels_last)
+    timed = {'eval': inference_step(model, batch, channels_last=True, compile=compile)}
+    if not train:
+        return timed, None
+    timed['train'] = training_step(model, batch, channels_last=True, compile=compile)
     forward = torch.compile(model) if compile else model
     x = torch.randn(batch, 3, 32, 32).to(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch,))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-    def train_step():
-        model.train()
-        loss = torch.nn.functional.cross_entropy(forward(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    def eval_step():
-        model.eval()
-        with torch.no_grad():
-            forward(x)
 
     def memory() -> int:
         model.train()
-        return saved_activation_bytes(forward, x)
-
-    return ({'train': train_step, 'eval': eval_step}, memory) if train else ({'eval': eval_step}, None)
+        return saved_activation_bytes(forward, x, model.parameters())
+    return timed, memory
 
 
 def _frelu_model(arch: str, efficient: bool) -> torch.nn.Module:

@@ -16,10 +16,11 @@ from conftest import HUB_TOKEN, LOAD_SCRIPT, model_outputs, run_python, same_out
 from timm_frelu.fileio import file_sha256
 from timm_frelu.hub import push
 from timm_frelu.hub.push import REQUIRED_FILES
-from timm_frelu.main_job import DEFAULT_MODEL, DEFAULT_TAG
+from timm_frelu.main_job import DEFAULT_MODEL, default_tag
 from timm_frelu.zoo import build_manifest, load_manifest
 from timm_frelu.validate import parser as validate_parser, validate
 
+DEFAULT_TAG = default_tag()
 CHECKPOINTS = Path(__file__).resolve().parents[1] / 'checkpoints'
 SHIPPED = sorted(results.parent for results in CHECKPOINTS.glob('*/results.json'))
 # What push requires, plus the training record the zoo's cards point to.

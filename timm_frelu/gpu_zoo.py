@@ -102,77 +102,47 @@ def load_plan(path: Path) -> Plan:
 
 
 def train_args(plan: Plan, run: PlannedRun, work_dir: Path, device: str) -> argparse.Namespace:
-    from .train import parse_args
-    args = parse_args([])
-    for key, value in {**plan.defaults, **run.args}.items():
-        if not hasattr(args, key):
-            raise GpuZooError(f'{key!r} in the plan is not an argument of the training command.')
-        setattr(args, key, value)
+    """The training arguments of one planned run: the plan's, then the run's own."""
+    from .train import training_args
     name, tag = run.name.split('.', 1)
-    args.model, args.device = f'{name}.{tag_dataset(tag)}', device  # trained untrained, published as run.name
-    args.output, args.experiment = str(work_dir), run.name
-    return args
+    overrides = {**plan.defaults, **run.args, 'model': f'{name}.{tag_dataset(tag)}',  # published as run.name
+                 'device': device, 'output': str(work_dir), 'experiment': run.name}
+    try:
+        return training_args(**overrides)
+    except ValueError as err:
+        raise GpuZooError(f'{run.name} in the plan: {err}') from None
 
 
 # ---- measuring speed -------------------------------------------------------------------------------
 
 def measure_train_speed(args: argparse.Namespace, seconds: float, model_name: Optional[str] = None) -> Dict[str, float]:
     """Images per second of training steps as ``args`` configures them (model, batch, AMP, layout,
-    compile), on random data; the first steps, which include any compilation, are timed apart."""
+    compile), on random data; the first step, which includes any compilation, is timed apart."""
     import torch
-    import torch.nn.functional as F
     from timm.models import create_model
+    from .measure import seconds_per_call, training_step
 
-    device = torch.device(args.device)
     model = create_model(model_name or args.model, num_classes=args.num_classes or 10, **(args.model_kwargs or {}))
-    model.to(device).train()
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    model.to(memory_format=memory_format)
-    if args.torchcompile:
-        model = torch.compile(model, backend=args.torchcompile)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.amp else nullcontext
-    images = torch.randn(args.batch_size, 3, 32, 32, device=device).contiguous(memory_format=memory_format)
-    targets = torch.randint(0, args.num_classes or 10, (args.batch_size,), device=device)
-
-    def step() -> None:
-        with autocast():
-            loss = F.cross_entropy(model(images), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    def sync() -> None:
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-
+    step = training_step(model.to(args.device), args.batch_size, channels_last=args.channels_last,
+                         compile=bool(args.torchcompile), autocast_dtype=torch.bfloat16 if args.amp else None)
     start = time.perf_counter()
-    for _ in range(3):
-        step()
-    sync()
+    step()
+    if args.device.startswith('cuda'):
+        torch.cuda.synchronize()
     warmup = time.perf_counter() - start
-    steps, start = 0, time.perf_counter()
-    while steps < 3 or time.perf_counter() - start < seconds:
-        step()
-        steps += 1
-        if steps % 10 == 0:
-            sync()
-    sync()
-    elapsed = time.perf_counter() - start
-    return dict(img_per_sec=steps * args.batch_size / elapsed, warmup_s=warmup, steps=steps)
+    return dict(img_per_sec=args.batch_size / seconds_per_call(step, seconds), warmup_s=warmup)
 
 
 def run_benchmarks(plan: Plan, device: str, seconds: float = 8.0) -> List[Dict[str, Any]]:
     """FReLU/ReLU training-step ratios for the plan's ``benchmarks`` entries."""
-    from .train import parse_args
+    from .train import training_args
     rows = []
     for bench in plan.benchmarks:
         for arch in bench.get('archs', ['resnet18']):
             for compiled in bench.get('compile', [False]):
-                args = parse_args([])
-                args.device, args.batch_size = device, int(bench.get('batch_size', 256))
-                args.amp, args.channels_last = bool(bench.get('amp', True)), bool(bench.get('channels_last', True))
-                args.torchcompile = 'inductor' if compiled else None
+                args = training_args(device=device, batch_size=int(bench.get('batch_size', 256)),
+                                     amp=bool(bench.get('amp', True)), channels_last=bool(bench.get('channels_last', True)),
+                                     torchcompile='inductor' if compiled else None)
                 speeds = {act: measure_train_speed(args, seconds, f'{arch}_{act}')['img_per_sec'] for act in ('relu', 'frelu')}
                 rows.append(dict(arch=arch, batch_size=args.batch_size, amp=args.amp, channels_last=args.channels_last,
                                  compiled=compiled, relu_img_per_sec=speeds['relu'], frelu_img_per_sec=speeds['frelu'],

@@ -9,45 +9,59 @@ import json
 import time
 from pathlib import Path
 
-from .data import DataError
-from .zoo import shipped_weights
-from .train import main as train_main
-from .fileio import write_json_atomic
-from .validate import format_results, parser as validate_parser, validate
+from timm.models import get_pretrained_cfg
 
-DEFAULT_MODEL, DEFAULT_TAG = 'resnet20_frelu', 'cifar10'
-QUICK_TRAINING = [
-    '--model', f'{DEFAULT_MODEL}.{DEFAULT_TAG}', '--dataset', 'shared/cifar10-lossless', '--val-split', 'test',
-    '--epochs', '8', '--opt', 'sgd', '--lr', '0.1', '--weight-decay', '5e-4', '--batch-size', '64',
-    '--sched', 'cosine', '--warmup-epochs', '1', '--warmup-lr', '0.01', '--smoothing', '0.1', '--seed', '0',
-    '--log-interval', '20',
-]
+from .data import DataError
+from .fileio import write_json_atomic
+from .train import train, training_args
+from .validate import format_results, validate, validation_args
+from .zoo import shipped_weights
+
+DEFAULT_MODEL = 'resnet20_frelu'
+QUICK_TRAINING = dict(
+    model=f'{DEFAULT_MODEL}.cifar10', dataset='shared/cifar10-lossless', val_split='test', epochs=8, opt='sgd',
+    lr=0.1, weight_decay=5e-4, batch_size=64, sched='cosine', warmup_epochs=1, warmup_lr=0.01, smoothing=0.1,
+    seed=0, log_interval=20,
+)
 TEST_SETS = ('torch/cifar10', 'shared/cifar10-jpeg', 'shared/cifar10-lossless')
+
+
+class NothingValidated(DataError):
+    """None of the test sets could be read."""
+
+
+def default_tag() -> str:
+    """The tag ``resnet20_frelu`` resolves to: its longest-trained published weights."""
+    return get_pretrained_cfg(DEFAULT_MODEL).tag
 
 
 def run(output_root: str = 'output/main') -> int:
     out = Path(output_root) / time.strftime('%Y%m%d-%H%M%S')
-    weights = shipped_weights(DEFAULT_MODEL, DEFAULT_TAG)
+    name = f'{DEFAULT_MODEL}.{default_tag()}'
+    weights = shipped_weights(DEFAULT_MODEL, default_tag())
     if weights:
         print(f'[main] validating the shipped checkpoint {weights}')
-        model_args = ['--model', f'{DEFAULT_MODEL}.{DEFAULT_TAG}', '--pretrained']
+        model = dict(model=name, pretrained=True)
     else:
-        print(f'[main] no shipped {DEFAULT_MODEL}.{DEFAULT_TAG} checkpoint yet: a short training run, then validation')
-        status = train_main(QUICK_TRAINING + ['--output', str(out), '--experiment', 'train'])
-        if status:
-            return status
-        model_args = ['--model', DEFAULT_MODEL, '--checkpoint', str(out / 'train' / 'last.pth.tar')]
-    summary = {}
+        print(f'[main] no shipped {name} checkpoint yet: a short training run, then validation')
+        run_dir = train(training_args(**QUICK_TRAINING, output=str(out), experiment='train'))
+        model = dict(model=DEFAULT_MODEL, checkpoint=str(run_dir / 'last.pth.tar'))
+    summary, skipped = {}, []
     for dataset in TEST_SETS:
         try:  # validate loads the data once; a test set that is not here is skipped
-            results = validate(validate_parser.parse_args(model_args + ['--dataset', dataset]))
+            results = validate(validation_args(**model, dataset=dataset))
         except DataError as err:
-            print(f'[main] skipping {dataset}: {str(err).splitlines()[0][:160]}')
+            print(f'[main] skipping {dataset}: {err}')
+            skipped.append(dataset)
             continue
-        name = dataset.replace('/', '_')
-        write_json_atomic(out / f'results-{name}.json', results)
+        write_json_atomic(out / f"results-{dataset.replace('/', '_')}.json", results)
         print(format_results(results) + '\n')
         summary[dataset] = round(results['top1'], 2)
+    if not summary:
+        raise NothingValidated(
+            f'No test data was found, so nothing was validated (looked for {", ".join(skipped)}; the reasons are '
+            f'above). Put the shared data folder beside this checkout (../shared/data) or set '
+            f'$TIMM_FRELU_SHARED_DATA, or put torchvision\'s CIFAR-10 in ./data.')
     print('[main] top-1 (%) by test data: ' + json.dumps(summary))
     print(f'[main] outputs in {out.resolve()}')
     return 0

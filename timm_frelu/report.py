@@ -15,13 +15,13 @@ No number is typed in: every accuracy comes from a results file, every cost from
 import csv
 import json
 import statistics
-import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import timm
 import torch
 
+from .measure import inference_step, interleaved_medians, training_step
 from .models import ACTS
 from .summary import model_summary
 
@@ -55,33 +55,11 @@ def _key(result: Dict[str, Any]) -> Tuple[str, str, str]:
 
 
 def measure_speed(model_name: str, batch_size: int = 64, repeats: int = 3) -> Dict[str, float]:
-    """Median train-step and inference images/s on this machine, after one warm-up step."""
+    """Median train-step and inference images/s on this machine, timed in turn after a warm-up."""
     model = timm.create_model(model_name)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    x = torch.randn(batch_size, *model.pretrained_cfg['input_size'])
-    y = torch.randint(0, model.num_classes, (batch_size,))
-
-    def train_step():
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    def infer_step():
-        with torch.no_grad():
-            model(x)
-
-    speeds = {}
-    for name, step, mode in (('train_img_per_sec', train_step, True), ('infer_img_per_sec', infer_step, False)):
-        model.train(mode)
-        step()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - start)
-        speeds[name] = batch_size / statistics.median(times)
-    return speeds
+    seconds = interleaved_medians({'train_img_per_sec': training_step(model, batch_size),
+                                   'infer_img_per_sec': inference_step(model, batch_size)}, repeats)
+    return {name: batch_size / s for name, s in seconds.items()}
 
 
 def build_rows(results: List[Dict[str, Any]], speed: bool = True) -> List[Dict[str, Any]]:

@@ -37,7 +37,7 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
 from .fileio import write_text_atomic
-from .train import parse_args as parse_train_args, train
+from .train import train, training_args
 
 _logger = logging.getLogger('sweep')
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -107,14 +107,11 @@ def _pruner(spec: Dict[str, Any]) -> optuna.pruners.BasePruner:
 
 
 def trial_args(spec: Dict[str, Any], values: Dict[str, Any], output: Path, trial_number: int) -> argparse.Namespace:
-    argv = ['-c', spec['recipe']] if spec.get('recipe') else []
-    args = parse_train_args(argv)
-    for key, value in {**spec.get('args', {}), **values}.items():
-        if not hasattr(args, key):
-            raise SweepError(f'{key!r} is not an argument of the training command.')
-        setattr(args, key, value)
-    args.output, args.experiment = str(output), f'trial-{trial_number}'
-    return args
+    try:
+        return training_args(spec.get('recipe'), **{**spec.get('args', {}), **values}, output=str(output),
+                             experiment=f'trial-{trial_number}')
+    except ValueError as err:
+        raise SweepError(str(err)) from None
 
 
 def make_objective(spec: Dict[str, Any], output: Path) -> Callable[[optuna.Trial], float]:

@@ -27,7 +27,8 @@ from collections import OrderedDict
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -42,11 +43,12 @@ from timm.utils import (CheckpointSaver, ModelEmaV3, NativeScaler, ParseKwargs, 
 from timm.utils.checkpoint_saver import load_checkpoint_metadata
 from timm.utils.summary import trim_summary
 
-import timm_frelu  # noqa: F401  registers the FReLU models
+from timm_frelu import FReLU  # importing timm_frelu registers the models
 from timm_frelu.data import DataError, TensorLoader, load_split
 from timm_frelu.data.sources import check_same_size
 from timm_frelu.evaluation import evaluate
 from timm_frelu.fileio import write_text_atomic
+from timm_frelu.layers.cpu_kernels import cpu_kernels
 from timm_frelu.optim import WEIGHT_DECAY_EXCLUDES, weight_decay_param_groups
 
 _logger = logging.getLogger('train')
@@ -170,6 +172,20 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
+def training_args(config: Optional[str] = None, **overrides: Any) -> argparse.Namespace:
+    """The arguments the command line would give: the defaults, then the recipe ``config`` (a
+    YAML file, as ``-c``), then ``overrides`` by their names (``batch_size=256``). How library code
+    (the main job, sweeps, the GPU zoo job) describes a run to :func:`train`."""
+    args = parse_args(['-c', str(config)] if config else [])
+    unknown = sorted(set(overrides) - set(vars(args)))
+    if unknown:
+        raise ValueError(f'{", ".join(map(repr, unknown))}: not an argument of the training command '
+                         f'(timm-frelu-train --help lists them).')
+    for key, value in overrides.items():
+        setattr(args, key, value)
+    return args
+
+
 def scaled_lr(args: argparse.Namespace) -> float:
     """timm's rule: ``--lr-base`` scaled from ``--lr-base-size`` to the global batch size."""
     batch_ratio = args.batch_size * args.world_size / args.lr_base_size
@@ -282,6 +298,8 @@ def train(args: argparse.Namespace, epoch_callback: Optional[Callable[[int, Dict
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
+        if device.type == 'cpu' and any(isinstance(m, FReLU) for m in model.modules()):
+            cpu_kernels()  # built (once per machine) here, with its message, not inside the first step
     # Lazy layers (act_layer='frelu' in timm models) need one forward before the optimizer.
     with torch.no_grad():
         model.eval()(train_set.images[:2].float().to(device))
@@ -371,9 +389,9 @@ def train(args: argparse.Namespace, epoch_callback: Optional[Callable[[int, Dict
 
     num_updates = start_epoch * len(loader_train)
     try:
-        _train_epochs(args, start_epoch, num_epochs, model, model_ema, optimizer, train_loss_fn, lr_scheduler,
-                      autocast, loss_scaler, mixup_fn, loader_train, loader_eval, num_classes, num_updates,
-                      saver, progress, summary_csv, epoch_callback)
+        run = _Run(model, model_ema, optimizer, train_loss_fn, lr_scheduler, autocast, loss_scaler, mixup_fn,
+                   loader_train, loader_eval, num_classes, saver, progress, summary_csv)
+        _train_epochs(args, run, start_epoch, num_epochs, num_updates, epoch_callback)
     except NonFiniteLossError as err:
         last = output_dir / 'last.pth.tar'
         kept = f'the last good checkpoint, {last}, is kept' if last.exists() else 'no checkpoint had been written yet'
@@ -386,34 +404,52 @@ def train(args: argparse.Namespace, epoch_callback: Optional[Callable[[int, Dict
     return output_dir
 
 
-def _train_epochs(args, start_epoch, num_epochs, model, model_ema, optimizer, train_loss_fn, lr_scheduler,
-                  autocast, loss_scaler, mixup_fn, loader_train, loader_eval, num_classes, num_updates,
-                  saver, progress, summary_csv, epoch_callback):
+@dataclass
+class _Run:
+    """What the epoch loop works with, made once by :func:`train`."""
+    model: nn.Module
+    model_ema: Optional[ModelEmaV3]
+    optimizer: torch.optim.Optimizer
+    loss_fn: nn.Module
+    lr_scheduler: Any
+    autocast: Callable
+    loss_scaler: Optional[NativeScaler]
+    mixup_fn: Optional[Mixup]
+    loader_train: TensorLoader
+    loader_eval: Optional[TensorLoader]
+    num_classes: int
+    saver: Optional[CheckpointSaver]  # the primary process's only
+    progress: Optional[_Progress]
+    summary_csv: Path
+
+
+def _train_epochs(args: argparse.Namespace, run: _Run, start_epoch: int, num_epochs: int, num_updates: int,
+                  epoch_callback: Optional[Callable[[int, Dict[str, float]], None]]) -> None:
     for epoch in range(start_epoch, num_epochs):
         random_seed(args.seed + epoch, args.rank)  # every random stream is a function of (seed, epoch)
-        loader_train.set_epoch(epoch)
-        if mixup_fn is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
-            mixup_fn.mixup_enabled = False
+        run.loader_train.set_epoch(epoch)
+        if run.mixup_fn is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
+            run.mixup_fn.mixup_enabled = False
         train_metrics, num_updates = train_one_epoch(
-            epoch, model, loader_train, optimizer, train_loss_fn, args, lr_scheduler, autocast, loss_scaler,
-            model_ema=model_ema, mixup_fn=mixup_fn, num_updates=num_updates)
+            epoch, run.model, run.loader_train, run.optimizer, run.loss_fn, args, run.lr_scheduler, run.autocast,
+            run.loss_scaler, model_ema=run.model_ema, mixup_fn=run.mixup_fn, num_updates=num_updates)
         if args.distributed and not args.sync_bn:
-            distribute_bn(model, args.world_size, reduce=True)
+            distribute_bn(run.model, args.world_size, reduce=True)
 
         eval_metrics = OrderedDict()
-        if loader_eval is not None:
-            evaluated = model_ema.module if model_ema is not None else model
-            metrics = evaluate(evaluated, loader_eval, num_classes, autocast=autocast)
+        if run.loader_eval is not None:
+            evaluated = run.model_ema.module if run.model_ema is not None else run.model
+            metrics = evaluate(evaluated, run.loader_eval, run.num_classes, autocast=run.autocast)
             eval_metrics = OrderedDict((k, metrics[k]) for k in ('loss', 'top1', 'top5'))
-        lr = optimizer.param_groups[0]['lr']
-        lr_scheduler.step(epoch + 1, eval_metrics.get(args.eval_metric.replace('eval_', ''), None))
+        lr = run.optimizer.param_groups[0]['lr']
+        run.lr_scheduler.step(epoch + 1, eval_metrics.get(args.eval_metric.replace('eval_', ''), None))
 
         if args.rank == 0:
-            update_summary(epoch, train_metrics, eval_metrics, filename=str(summary_csv), lr=lr,
+            update_summary(epoch, train_metrics, eval_metrics, filename=str(run.summary_csv), lr=lr,
                            log_wandb=args.log_wandb and _wandb_ready())
-            progress.scalars(epoch, {**{f'train/{k}': v for k, v in train_metrics.items()},
-                                     **{f'eval/{k}': v for k, v in eval_metrics.items()}, 'lr': lr})
-            best_metric, best_epoch = saver.save_checkpoint(epoch, metric=eval_metrics.get(args.eval_metric))
+            run.progress.scalars(epoch, {**{f'train/{k}': v for k, v in train_metrics.items()},
+                                         **{f'eval/{k}': v for k, v in eval_metrics.items()}, 'lr': lr})
+            best_metric, best_epoch = run.saver.save_checkpoint(epoch, metric=eval_metrics.get(args.eval_metric))
             _logger.info(
                 f'Epoch {epoch}: train loss {train_metrics["loss"]:.4f}, '
                 + (f'eval top-1 {eval_metrics["top1"]:.2f}%, ' if eval_metrics else '')

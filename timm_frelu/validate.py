@@ -52,6 +52,19 @@ parser.add_argument('--threads', type=int, default=None)
 parser.add_argument('--results-file', default='', help='write the results as JSON here')
 
 
+def validation_args(**overrides: Any) -> argparse.Namespace:
+    """The evaluation arguments: the command line's defaults, then ``overrides`` by their names
+    (``model='resnet20_frelu'``, ``checkpoint=PATH``, ``dataset=...``), for :func:`validate`."""
+    args = parser.parse_args([])
+    unknown = sorted(set(overrides) - set(vars(args)))
+    if unknown:
+        raise ValueError(f'{", ".join(map(repr, unknown))}: not an argument of the evaluation command '
+                         f'(timm-frelu-validate --help lists them).')
+    for key, value in overrides.items():
+        setattr(args, key, value)
+    return args
+
+
 def validate(args: argparse.Namespace) -> Dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -28,7 +28,7 @@ from ..data import DataError
 from ..fileio import file_sha256, write_json_atomic
 from ..data.constants import CIFAR_NUM_CLASSES
 from ..zoo import RESULTS_FILENAME, WEIGHTS_FILENAME, build_manifest, checkpoints_dir, tag_dataset, write_manifest
-from ..validate import parser as validate_parser, validate
+from ..validate import validate, validation_args
 from .card import render_card
 
 DEFAULT_EVAL_DATASETS = ('shared/cifar10-jpeg', 'shared/cifar10-lossless')
@@ -185,12 +185,8 @@ def _evaluate_stored_file(name_tag: str, tag_dataset: str, weights: Path, datase
     name = name_tag.split('.')[0]
     evaluations = []
     for dataset in datasets:
-        argv = ['--model', f'{name}.{tag_dataset}', '--checkpoint', str(weights), '--dataset', dataset]
-        if data_dir:
-            argv += ['--data-dir', data_dir]
-        if model_args:
-            argv += ['--model-kwargs', *[f'{k}={v}' for k, v in model_args.items()]]
-        result = validate(validate_parser.parse_args(argv))
+        result = validate(validation_args(model=f'{name}.{tag_dataset}', checkpoint=str(weights), dataset=dataset,
+                                          data_dir=data_dir, model_kwargs=dict(model_args)))
         result['weights']['file'] = WEIGHTS_FILENAME  # relative: the folder moves, and ships to the Hub
         result['model'] = name_tag
         evaluations.append(result)

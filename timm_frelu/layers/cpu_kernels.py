@@ -9,8 +9,12 @@ runs stock torch ops, which give the same results more slowly. ``TIMM_FRELU_CPU_
 the kernels off.
 """
 import functools
+import hashlib
+import logging
 import os
 import re
+import shutil
+import sys
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -30,21 +34,71 @@ _ARCH_FLAGS = {
 
 @functools.lru_cache(maxsize=None)
 def cpu_kernels() -> Optional[ModuleType]:
-    """The compiled kernels, or None when they are turned off or can't be built."""
+    """The compiled kernels, or None when they are turned off or can't be built. The first call on
+    a machine builds them and says so on stderr; later calls load the build from the cache."""
     if os.environ.get(_ENABLE_VARIABLE, '1') == '0':
         return None
-    try:
-        from torch.utils.cpp_extension import load
-        capability = torch.backends.cpu.get_cpu_capability()
-        name = 'timm_frelu_cpu_' + re.sub(r'\W+', '_', capability).lower()
-        flags = ['-O3', '-fopenmp', '-Wno-psabi', *_ARCH_FLAGS.get(capability, [])]
-        return load(name, [str(_SOURCE)], extra_cflags=flags, extra_ldflags=['-fopenmp'])
-    except Exception as error:  # a missing compiler shows up as OSError, RuntimeError or CalledProcessError
-        warnings.warn(
-            f'FReLU: could not build the fused CPU training kernels ({type(error).__name__}: {error}); training '
-            f'uses stock torch ops instead, with the same results but slower. Install a C++ compiler (g++) to '
-            f'build them, or set {_ENABLE_VARIABLE}=0 to skip them without this warning.')
+    missing = _missing_build_tools()
+    if missing:
+        _warn_fallback(f'{missing} is not installed')
         return None
+    capability = torch.backends.cpu.get_cpu_capability()
+    name = 'timm_frelu_cpu_' + re.sub(r'\W+', '_', capability).lower()
+    build_dir = _build_dir(name)
+    built = (build_dir / f'{name}.so').is_file()
+    if not built:
+        sys.stderr.write(f'timm_frelu: building the fused FReLU CPU kernels for {capability} into {build_dir} '
+                         f'(once per machine, about half a minute)\n')
+    try:
+        load = _quiet_cpp_extension().load
+        flags = ['-O3', '-fopenmp', '-Wno-psabi', *_ARCH_FLAGS.get(capability, [])]
+        kernels = load(name, [str(_SOURCE)], extra_cflags=flags, extra_ldflags=['-fopenmp'], build_directory=str(build_dir))
+    except Exception as error:  # a failed compile shows up as OSError, RuntimeError or CalledProcessError
+        _warn_fallback(f'the build failed ({type(error).__name__}: {error})')
+        return None
+    if not built:
+        sys.stderr.write('timm_frelu: FReLU CPU kernels built\n')
+    return kernels
+
+
+def _build_dir(name: str) -> Path:
+    """A build folder per kernel source and CPU capability, where torch keeps its extension builds
+    (``$TORCH_EXTENSIONS_DIR``, else torch's default, which is per Python and CUDA version)."""
+    root = os.environ.get('TORCH_EXTENSIONS_DIR') or _quiet_cpp_extension().get_default_build_root()
+    source = hashlib.sha256(_SOURCE.read_bytes()).hexdigest()[:12]
+    folder = Path(root) / f'{name}-{source}'
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _quiet_cpp_extension() -> ModuleType:
+    """``torch.utils.cpp_extension``, imported without its warning that no CUDA runtime is found,
+    which says nothing about these CPU kernels."""
+    logger = logging.getLogger('torch.utils.cpp_extension')
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        import torch.utils.cpp_extension as cpp_extension
+    finally:
+        logger.setLevel(level)
+    return cpp_extension
+
+
+def _missing_build_tools() -> Optional[str]:
+    """What the build needs and this machine lacks: a C++ compiler, or ninja (a dependency of
+    this package, which torch's extension builder runs)."""
+    compiler = os.environ.get('CXX', 'c++')
+    if shutil.which(compiler) is None:
+        return f'a C++ compiler ({compiler}; install g++, or point $CXX at one)'
+    if not _quiet_cpp_extension().is_ninja_available():
+        return "ninja (pip install ninja)"
+    return None
+
+
+def _warn_fallback(reason: str) -> None:
+    warnings.warn(
+        f'FReLU: the fused CPU kernels are not available: {reason}. FReLU runs stock torch ops instead, with '
+        f'the same results but slower. Set {_ENABLE_VARIABLE}=0 to skip the kernels without this warning.')
 
 
 def cpu_kernels_apply(x: torch.Tensor, shortcut: Optional[torch.Tensor] = None) -> bool:

@@ -16,6 +16,7 @@ Design choices, both invisible to the formula:
   sets its effective learning rate, so we keep our own Kaiming fan-in init out of reach of
   model-wide conv inits.
 """
+from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
 import torch
@@ -27,7 +28,7 @@ from timm.layers._fx import register_notrace_module
 
 from .cpu_kernels import cpu_inference_kernel_applies, cpu_kernels, cpu_kernels_apply
 
-__all__ = ['FReLU', 'LazyFReLU', 'create_frelu', 'frelu_reference']
+__all__ = ['FReLU', 'LazyFReLU', 'create_frelu', 'fold_batch_norm', 'frelu_reference']
 
 
 @register_notrace_module  # timm's FX feature extraction keeps it whole, as its own layers
@@ -107,18 +108,8 @@ class FReLU(nn.Module):
         """Eval mode with BN folded into the kernel: the condition in one pass over the activation,
         not two (or, in the CPU kernel, the whole activation in one)."""
         self._check_input(x)
-        bn = self.bn
-        assert bn.running_var is not None and bn.running_mean is not None
-        scale = torch.rsqrt(bn.running_var + bn.eps)
-        if bn.weight is not None:
-            scale = scale * bn.weight
-        shift = -bn.running_mean * scale
-        if self.bias is not None:
-            shift = shift + self.bias * scale
-        if bn.bias is not None:
-            shift = shift + bn.bias
-        weight = (self.weight * scale.view(-1, 1, 1, 1)).to(x.dtype)
-        return folded_funnel_max(x, weight, shift.to(x.dtype))
+        weight, bias = fold_batch_norm(self.weight, self.bias, self.bn)
+        return folded_funnel_max(x, weight.to(x.dtype), bias.to(x.dtype))
 
     @torch.jit.unused
     def _can_use_efficient_training(self, x: torch.Tensor) -> bool:
@@ -131,7 +122,7 @@ class FReLU(nn.Module):
     @torch.jit.unused
     def _efficient_training_forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        return _FReLUTrainFunction.apply(x, None, *_batch_norm_args(None), *self._funnel_args())
+        return _FReLUTrainFunction.apply(x, None, None, None, *self._funnel_args())
 
     @torch.jit.unused
     def forward_after_norm(
@@ -145,17 +136,37 @@ class FReLU(nn.Module):
         """
         if self.efficient and self._can_use_efficient_training(x) and _is_stock_batch_norm(norm):
             self._check_input(x)
-            return _FReLUTrainFunction.apply(x, shortcut, *_batch_norm_args(norm), *self._funnel_args())
+            return _FReLUTrainFunction.apply(x, shortcut, norm.weight, norm.bias, *self._funnel_args(norm))
         x = norm(x)
         if shortcut is not None:
             x = x + shortcut
         return self(x)
 
-    def _funnel_args(self) -> Tuple[Any, ...]:
-        return (self.weight, self.bias, *_batch_norm_args(self.bn), self.kernel_size // 2)
+    def _funnel_args(self, norm: Optional[nn.BatchNorm2d] = None) -> Tuple[Any, ...]:
+        """The train function's arguments after ``norm``'s weight and bias: the funnel's
+        parameters, then what the BNs need besides (``norm``'s state None without it)."""
+        norm_state = _BatchNormState.of(norm) if norm is not None else None
+        return (self.weight, self.bias, self.bn.weight, self.bn.bias, norm_state, _BatchNormState.of(self.bn),
+                self.kernel_size // 2)
 
     def extra_repr(self) -> str:
         return f'{self.weight.shape[0]}, kernel_size={self.kernel_size}, bias={self.bias is not None}'
+
+
+def fold_batch_norm(weight: torch.Tensor, bias: Optional[torch.Tensor], bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The kernel and bias of ``bn(conv(x))`` as one conv, from the BN's running statistics:
+    differentiable in the conv's and BN's parameters (torch's ``fuse_conv_bn_weights`` returns
+    detached parameters)."""
+    assert bn.running_var is not None and bn.running_mean is not None
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bias is not None:
+        shift = shift + bias * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return weight * scale.view(-1, 1, 1, 1), shift
 
 
 def folded_funnel_max(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -171,15 +182,22 @@ def _is_stock_batch_norm(norm: nn.Module) -> bool:
     return type(norm) is nn.BatchNorm2d and norm.track_running_stats and norm.affine
 
 
-def _batch_norm_args(bn: Optional[nn.BatchNorm2d]) -> Tuple[Any, ...]:
-    """What ``native_batch_norm`` needs from a training-mode BN, counting the batch as BN's own
-    forward would; all None for no BN."""
-    if bn is None:
-        return None, None, None, None, None, None
-    if bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
-    momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-    return bn.weight, bn.bias, bn.running_mean, bn.running_var, momentum, bn.eps
+@dataclass
+class _BatchNormState:
+    """What a training-mode BN needs besides its weight and bias, none of it differentiated: the
+    running statistics it updates in place, the momentum of this batch and eps."""
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+    momentum: float
+    eps: float
+
+    @classmethod
+    def of(cls, bn: nn.BatchNorm2d) -> '_BatchNormState':
+        """The state of ``bn`` for one batch, counting the batch as BN's own forward would."""
+        if bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+        momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+        return cls(bn.running_mean, bn.running_var, momentum, bn.eps)
 
 
 def _apply_batch_norm(x, weight, bias, batch_mean, batch_invstd):
@@ -204,25 +222,24 @@ class _FReLUTrainFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, shortcut, norm_weight, norm_bias, norm_running_mean, norm_running_var, norm_momentum,
-                norm_eps, weight, bias, bn_weight, bn_bias, running_mean, running_var, momentum, eps, padding):
+    def forward(ctx, x, shortcut, norm_weight, norm_bias, weight, bias, bn_weight, bn_bias,
+                norm_state: Optional[_BatchNormState], bn_state: _BatchNormState, padding: int):
         has_norm = norm_weight is not None
         assert shortcut is None or has_norm, 'the shortcut is added to the BN output: pass the BN with it'
         ctx.fused = cpu_kernels_apply(x, shortcut)
         if ctx.fused:
             out, funnel_wins, batch_mean, batch_invstd, batch_var, norm_mean, norm_invstd, norm_var = \
-                cpu_kernels().forward(x, shortcut, norm_weight, norm_bias, norm_eps if has_norm else 0.0, weight, bias,
-                                      bn_weight, bn_bias, eps)
-            _update_running_statistics(running_mean, running_var, batch_mean, batch_var, momentum, x)
+                cpu_kernels().forward(x, shortcut, norm_weight, norm_bias, norm_state.eps if has_norm else 0.0, weight,
+                                      bias, bn_weight, bn_bias, bn_state.eps)
+            _update_running_statistics(bn_state, batch_mean, batch_var, x)
             if has_norm:
-                _update_running_statistics(norm_running_mean, norm_running_var, norm_mean, norm_var, norm_momentum, x)
+                _update_running_statistics(norm_state, norm_mean, norm_var, x)
         else:
             out, funnel_wins, batch_mean, batch_invstd, norm_mean, norm_invstd = _funnel_forward(
-                x, shortcut, norm_weight, norm_bias, norm_running_mean, norm_running_var, norm_momentum, norm_eps,
-                weight, bias, bn_weight, bn_bias, running_mean, running_var, momentum, eps, padding)
+                x, shortcut, norm_weight, norm_bias, norm_state, weight, bias, bn_weight, bn_bias, bn_state, padding)
         ctx.save_for_backward(x, shortcut, norm_weight, norm_bias, norm_mean, norm_invstd,
                               weight, bias, bn_weight, batch_mean, batch_invstd, funnel_wins)
-        ctx.norm_eps, ctx.eps, ctx.padding = norm_eps, eps, padding
+        ctx.norm_eps, ctx.eps, ctx.padding = norm_state.eps if has_norm else 0.0, bn_state.eps, padding
         return out
 
     @staticmethod
@@ -239,40 +256,41 @@ class _FReLUTrainFunction(torch.autograd.Function):
             grad_act_input, grad_weight, grad_bias, grad_bn_weight, grad_bn_bias = _funnel_backward(
                 grad_out, x, shortcut, norm_weight, norm_bias, norm_mean, norm_invstd, funnel_wins,
                 weight, bias, bn_weight, batch_mean, batch_invstd, ctx.padding, ctx.eps,
-                needs_input_grad, ctx.needs_input_grad[8])
+                needs_input_grad, ctx.needs_input_grad[4])
         grad_x, grad_norm_weight, grad_norm_bias = grad_act_input, None, None
         if has_norm:
             grad_x, grad_norm_weight, grad_norm_bias = torch.ops.aten.native_batch_norm_backward(
                 grad_act_input, x, norm_weight, None, None, norm_mean, norm_invstd, True, ctx.norm_eps,
                 [ctx.needs_input_grad[0], True, True])
         grad_shortcut = grad_act_input if shortcut is not None and ctx.needs_input_grad[1] else None
-        return (grad_x, grad_shortcut, grad_norm_weight, grad_norm_bias, None, None, None, None,
-                grad_weight, grad_bias, grad_bn_weight, grad_bn_bias, None, None, None, None, None)
+        return (grad_x, grad_shortcut, grad_norm_weight, grad_norm_bias,
+                grad_weight, grad_bias, grad_bn_weight, grad_bn_bias, None, None, None)
 
 
-def _funnel_forward(x, shortcut, norm_weight, norm_bias, norm_running_mean, norm_running_var, norm_momentum, norm_eps,
-                    weight, bias, bn_weight, bn_bias, running_mean, running_var, momentum, eps, padding):
+def _funnel_forward(x, shortcut, norm_weight, norm_bias, norm_state: Optional[_BatchNormState],
+                    weight, bias, bn_weight, bn_bias, bn_state: _BatchNormState, padding: int):
     """``frelu(norm(x) + shortcut)`` in training with stock ops: the output, the mask of where the
     funnel won, and the batch mean and invstd of the funnel's BN and of ``norm`` (None without it)."""
     act_input, norm_mean, norm_invstd = x, None, None
     if norm_weight is not None:
         act_input, norm_mean, norm_invstd = torch.native_batch_norm(
-            x, norm_weight, norm_bias, norm_running_mean, norm_running_var, True, norm_momentum, norm_eps)
+            x, norm_weight, norm_bias, norm_state.running_mean, norm_state.running_var, True, norm_state.momentum,
+            norm_state.eps)
         if shortcut is not None:
             act_input.add_(shortcut)
     conv = F.conv2d(act_input, weight, bias, padding=padding, groups=weight.shape[0])
     condition, batch_mean, batch_invstd = torch.native_batch_norm(
-        conv, bn_weight, bn_bias, running_mean, running_var, True, momentum, eps)
+        conv, bn_weight, bn_bias, bn_state.running_mean, bn_state.running_var, True, bn_state.momentum, bn_state.eps)
     # uint8, not bool: on CPU, multiplying by a bool tensor takes a slower path than by uint8.
     funnel_wins = (condition > act_input).view(torch.uint8)
     return torch.maximum(condition, act_input), funnel_wins, batch_mean, batch_invstd, norm_mean, norm_invstd
 
 
-def _update_running_statistics(running_mean, running_var, batch_mean, batch_var, momentum, x):
+def _update_running_statistics(state: _BatchNormState, batch_mean, batch_var, x):
     """A training-mode BN's update of its running statistics, with the unbiased batch variance."""
     count = x.numel() // x.shape[1]
-    running_mean.lerp_(batch_mean, momentum)
-    running_var.lerp_(batch_var * (count / (count - 1)), momentum)
+    state.running_mean.lerp_(batch_mean, state.momentum)
+    state.running_var.lerp_(batch_var * (count / (count - 1)), state.momentum)
 
 
 def _funnel_backward(grad_out, x, shortcut, norm_weight, norm_bias, norm_mean, norm_invstd, funnel_wins,

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from timm.layers._fx import register_notrace_module
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .frelu import FReLU, folded_funnel_max
+from .frelu import FReLU, fold_batch_norm, folded_funnel_max
 
 __all__ = ['FusedFReLU', 'fuse']
 
@@ -24,14 +24,8 @@ class FusedFReLU(nn.Module):
 
     @classmethod
     def from_frelu(cls, frelu: FReLU) -> 'FusedFReLU':
-        channels = frelu.weight.shape[0]
-        conv = nn.Conv2d(channels, channels, frelu.kernel_size, padding=frelu.kernel_size // 2, groups=channels,
-                         bias=frelu.bias is not None).to(frelu.weight)
-        conv.weight.data.copy_(frelu.weight.data)
-        if frelu.bias is not None:
-            conv.bias.data.copy_(frelu.bias.data)
-        fused = fuse_conv_bn_eval(conv.eval(), frelu.bn.eval())
-        return cls(fused.weight.detach(), fused.bias.detach(), frelu.kernel_size).eval()
+        weight, bias = fold_batch_norm(frelu.weight, frelu.bias, frelu.bn)
+        return cls(weight.detach(), bias.detach(), frelu.kernel_size).eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
