@@ -11,7 +11,7 @@ import pytest
 from safetensors.torch import load_file
 
 from timm_frelu.data.shared import unpacked_archive, verified_archive
-from timm_frelu.hub.publish import load_training_checkpoint
+from timm_frelu.checkpoint import read_checkpoint
 
 SCRIPTS = Path(__file__).resolve().parents[2] / 'shared' / 'timm-scripts'
 CHECKPOINTS = Path(__file__).resolve().parents[1] / 'checkpoints'
@@ -51,7 +51,7 @@ def test_train_py_fine_tunes_the_pretrained_model_with_a_new_head(five_classes, 
     _run_script('train.py', '--model', NAME, '--pretrained', '--num-classes', '5', '--data-dir', str(five_classes),
                 '-b', '20', '--epochs', '1', '--lr', '0.01', '--warmup-epochs', '0', '--workers', '0',
                 '--no-prefetcher', '--output', str(tmp_path), '--experiment', 'finetune', cwd=tmp_path)
-    state = load_training_checkpoint(tmp_path / 'finetune' / 'last.pth.tar')['state_dict']
+    state = read_checkpoint(tmp_path / 'finetune' / 'last.pth.tar')['state_dict']
     assert state['fc.weight'].shape == (5, 64)
     shipped = load_file(CHECKPOINTS / NAME / 'model.safetensors')
     # Ten small steps from the shipped backbone stay near it; a fresh init is nowhere near.

@@ -23,7 +23,12 @@ def _main_job(args: argparse.Namespace) -> int:
 
 
 def _recipes(args: argparse.Namespace) -> int:
-    from .recipes import write_recipes
+    from .recipes import recipes, write_recipes
+    if not args.write:
+        for rel, _, _ in recipes():
+            print(rel)
+        print('(the recipe files; write them with: timm-frelu recipes --write zoo_configs)')
+        return 0
     changed = write_recipes(Path(args.write))
     print(f'{args.write}: {changed} recipe files written')
     return 0
@@ -95,8 +100,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     main_job = commands.add_parser('main', help='the main job: validate the default checkpoint, or train one briefly first')
     main_job.add_argument('--output', default='output/main', help='parent folder of the run folder')
     main_job.set_defaults(run=_main_job)
-    recipes = commands.add_parser('recipes', help='write the zoo_configs recipe files')
-    recipes.add_argument('--write', default='zoo_configs', metavar='DIR')
+    recipes = commands.add_parser('recipes', help='list the zoo_configs recipe files, or write them with --write DIR')
+    recipes.add_argument('--write', default=None, metavar='DIR', help='write (or rewrite) the recipes under DIR')
     recipes.set_defaults(run=_recipes)
     report = commands.add_parser('report', help='compare activations from eval results files (JSON of timm-frelu-validate)')
     report.add_argument('results', nargs='+', help='results files or glob patterns')

@@ -230,8 +230,8 @@ def unpack_snapshot(returned: Path, target: Path) -> Dict[str, Any]:
 def export_run(run_dir: Path, export_dir: Path) -> None:
     """A training run's newest weights (the EMA when kept) in fp16, with its args and summary."""
     from safetensors.torch import save_file
-    from .hub.publish import load_training_checkpoint
-    checkpoint = load_training_checkpoint(run_dir / 'last.pth.tar')
+    from .checkpoint import read_checkpoint
+    checkpoint = read_checkpoint(run_dir / 'last.pth.tar')
     state = checkpoint.get('state_dict_ema') or checkpoint['state_dict']
     export_dir.mkdir(parents=True, exist_ok=True)
     tmp = export_dir / f'.{WEIGHTS}.tmp'

@@ -21,6 +21,8 @@ the killed run would have done from that epoch on.
 """
 import argparse
 import logging
+import os
+import shutil
 import sys
 import time
 from collections import OrderedDict
@@ -44,6 +46,7 @@ from timm.utils.checkpoint_saver import load_checkpoint_metadata
 from timm.utils.summary import trim_summary
 
 from timm_frelu import FReLU  # importing timm_frelu registers the models
+from timm_frelu.checkpoint import CheckpointError, load_weights, read_checkpoint
 from timm_frelu.data import DataError, TensorLoader, load_split
 from timm_frelu.data.sources import check_same_size
 from timm_frelu.evaluation import evaluate
@@ -153,6 +156,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class AtomicCheckpointSaver(CheckpointSaver):
+    """timm's CheckpointSaver, but ``last.pth.tar`` and ``model_best.pth.tar`` are never absent:
+    timm deletes the old file before renaming the new one over it (for Windows), so a run killed
+    between the two had no ``last`` to resume from. On POSIX a rename replaces the old file whole."""
+
+    def _replace(self, src: str, dst: str) -> None:
+        os.replace(src, dst)
+
+    def _duplicate(self, src: str, dst: str) -> None:
+        tmp = f'{dst}.tmp{os.getpid()}'
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
+
+
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 
@@ -184,6 +204,18 @@ def training_args(config: Optional[str] = None, **overrides: Any) -> argparse.Na
     for key, value in overrides.items():
         setattr(args, key, value)
     return args
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Reject values that would fail deep inside torch or timm, naming the flag to fix."""
+    for flag, value, minimum in (('--lr', args.lr, 0.0), ('--lr-base', args.lr_base, 0.0)):
+        if value is not None and value <= minimum:
+            raise ValueError(f'{flag} must be positive, got {value:g}.')
+    for flag, value in (('--batch-size', args.batch_size), ('--epochs', args.epochs)):
+        if value < 1:
+            raise ValueError(f'{flag} must be at least 1, got {value}.')
+    if args.weight_decay < 0:
+        raise ValueError(f'--weight-decay must not be negative, got {args.weight_decay:g}.')
 
 
 def scaled_lr(args: argparse.Namespace) -> float:
@@ -268,6 +300,7 @@ def train(args: argparse.Namespace, epoch_callback: Optional[Callable[[int, Dict
     ``epoch_callback(epoch, metrics)`` runs after each epoch's checkpoint with the summary row's
     metrics (``train_loss``, ``eval_loss``, ``eval_top1``, ...); an exception it raises ends the run.
     """
+    _check_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = init_distributed_device(args)
@@ -291,7 +324,7 @@ def train(args: argparse.Namespace, epoch_callback: Optional[Callable[[int, Dict
         **args.model_kwargs,
     )
     if args.initial_checkpoint:
-        load_checkpoint(model, args.initial_checkpoint)
+        load_weights(model, Path(args.initial_checkpoint))
     data_config = resolve_data_config(vars(args), model=model)
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
@@ -311,8 +344,6 @@ def train(args: argparse.Namespace, epoch_callback: Optional[Callable[[int, Dict
         if primary:
             _logger.info(f'Learning rate {args.lr:g} from --lr-base {args.lr_base:g} at batch {args.lr_base_size} '
                          f'and a global batch of {args.batch_size * args.world_size}.')
-    if args.lr <= 0:
-        raise ValueError(f'--lr must be positive, got {args.lr:g}.')
     optimizer = create_optimizer_v2(
         weight_decay_param_groups(model, args.weight_decay, args.weight_decay_exclude), **optimizer_kwargs(cfg=args))
     amp_dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
@@ -324,6 +355,7 @@ def train(args: argparse.Namespace, epoch_callback: Optional[Callable[[int, Dict
     if args.resume:
         if not Path(args.resume).is_file():
             raise FileNotFoundError(f'--resume {args.resume}: no such checkpoint. Point it at a run folder\'s last.pth.tar.')
+        read_checkpoint(Path(args.resume))  # a damaged file is a clear error before timm reads it
         start_epoch = resume_checkpoint(
             model, args.resume, optimizer=None if args.no_resume_opt else optimizer,
             loss_scaler=loss_scaler, log_info=primary) or 0
@@ -375,7 +407,7 @@ def train(args: argparse.Namespace, epoch_callback: Optional[Callable[[int, Dict
         args_record = dict(vars(args), num_classes=num_classes, train_data=train_set.source,
                            eval_data=eval_set.source if eval_set else None)
         write_text_atomic(output_dir / 'args.yaml', yaml.safe_dump(args_record, sort_keys=False))
-        saver = CheckpointSaver(model, optimizer, args=args, model_ema=model_ema, amp_scaler=loss_scaler,
+        saver = AtomicCheckpointSaver(model, optimizer, args=args, model_ema=model_ema, amp_scaler=loss_scaler,
                                 checkpoint_dir=str(output_dir), recovery_dir=str(output_dir),
                                 decreasing='loss' in args.eval_metric, max_history=args.checkpoint_hist)
         if args.resume:
@@ -418,7 +450,7 @@ class _Run:
     loader_train: TensorLoader
     loader_eval: Optional[TensorLoader]
     num_classes: int
-    saver: Optional[CheckpointSaver]  # the primary process's only
+    saver: Optional[AtomicCheckpointSaver]  # the primary process's only
     progress: Optional[_Progress]
     summary_csv: Path
 
@@ -482,7 +514,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
         train(args)
-    except (NonFiniteLossError, DataError, FileNotFoundError) as err:
+    except (NonFiniteLossError, DataError, FileNotFoundError, CheckpointError, ValueError) as err:
         _logger.error(str(err))
         return 2
     return 0

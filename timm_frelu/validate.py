@@ -21,10 +21,11 @@ from typing import Any, Dict, List, Optional
 import torch
 import yaml
 from timm.data import resolve_data_config
-from timm.models import create_model, load_checkpoint
+from timm.models import create_model
 from timm.utils import ParseKwargs, setup_default_logging
 
 import timm_frelu  # noqa: F401  registers the FReLU models
+from timm_frelu.checkpoint import CheckpointError, load_weights
 from timm_frelu.data import DataError, TensorLoader, load_split
 from timm_frelu.fileio import file_sha256, write_json_atomic
 from timm_frelu.evaluation import evaluate
@@ -71,13 +72,15 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     device = torch.device(args.device)
     if args.checkpoint and not Path(args.checkpoint).is_file():
         raise FileNotFoundError(f'--checkpoint {args.checkpoint}: no such file.')
+    if args.batch_size < 1:
+        raise ValueError(f'--batch-size must be at least 1, got {args.batch_size}.')
     model_args = dict(args.model_kwargs)
     if args.num_classes is not None:
         model_args['num_classes'] = args.num_classes
     model = create_model(args.model, pretrained=args.pretrained, **model_args)
     weights_file = _weights_file(args, model)
     if args.checkpoint:
-        load_checkpoint(model, args.checkpoint, use_ema=args.use_ema)
+        load_weights(model, Path(args.checkpoint), use_ema=args.use_ema)
     model.to(device).eval()
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -160,7 +163,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         results = validate(args)
-    except (DataError, FileNotFoundError) as err:
+    except (DataError, FileNotFoundError, CheckpointError, ValueError) as err:
         _logger.error(str(err))
         return 2
     print(format_results(results))

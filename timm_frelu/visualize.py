@@ -11,8 +11,9 @@ from typing import Dict, List, Optional
 
 import torch
 from timm.data import resolve_data_config
-from timm.models import create_model, load_checkpoint
+from timm.models import create_model
 
+from .checkpoint import load_weights
 from .data import load_split
 from .layers import FReLU
 
@@ -69,29 +70,39 @@ def plot_kernels(model: torch.nn.Module, path: Path, channels: int = 16) -> None
     plt.close(fig)
 
 
-def plot_conditions(maps: Dict[str, Dict[str, torch.Tensor]], image_u8: torch.Tensor, path: Path, title: str) -> None:
+def plot_conditions(maps: Dict[str, Dict[str, torch.Tensor]], image_u8: torch.Tensor, path: Path, title: str,
+                    max_layers: int = 6) -> None:
+    """For one image, a column per FReLU layer (at most ``max_layers``, evenly spaced from the
+    first to the last): x of one channel, T(x), where T(x) wins, and in what share of channels.
+    Landscape, with labels readable where the Hub shows the card."""
     plt = _plt()
-    fig, axes = plt.subplots(len(maps) + 1, 4, figsize=(8, 2 * (len(maps) + 1)), squeeze=False)
-    axes[0, 0].imshow(image_u8.permute(1, 2, 0).numpy())
-    axes[0, 0].set_title(title, fontsize=8)
+    names = list(maps)
+    if len(names) > max_layers:
+        names = [names[round(i * (len(names) - 1) / (max_layers - 1))] for i in range(max_layers)]
+    rows = ('x (one channel)', 'T(x)', 'T(x) > x', 'share of channels\nwhere T(x) > x')
+    fig, axes = plt.subplots(len(rows), len(names) + 1, figsize=(2.2 * (len(names) + 1), 2.2 * len(rows)), squeeze=False)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    for ax in axes[0, 1:]:
+    axes[0, 0].imshow(image_u8.permute(1, 2, 0).numpy())
+    axes[0, 0].set_title('input', fontsize=11)
+    for ax in axes[1:, 0]:
         ax.axis('off')
-    for row, (name, m) in enumerate(maps.items(), start=1):
+    for row, label in enumerate(rows):
+        axes[row, 1].set_ylabel(label, fontsize=11)
+    for col, name in enumerate(names, start=1):
+        m = maps[name]
         funnel_wins = m['condition'] > m['x']
         share = funnel_wins.float().flatten(1).mean(1)
-        channel = int((share - 0.5).abs().argmin())
-        panels = [(m['x'][channel], f'x, ch {channel}'), (m['condition'][channel], 'T(x)'),
-                  (funnel_wins[channel].float(), 'T(x) > x'), (funnel_wins.float().mean(0), 'share of channels')]
-        for col, (panel, label) in enumerate(panels):
-            axes[row, col].imshow(panel.numpy(), cmap='gray' if col < 2 else 'viridis', vmin=0 if col > 1 else None,
-                                  vmax=1 if col > 1 else None)
-            axes[row, col].set_title(label if row > 1 or col else f'{name}\n{label}', fontsize=7)
-        axes[row, 0].set_ylabel(name, fontsize=7)
+        channel = int((share - 0.5).abs().argmin())  # the channel where the funnel wins about half the time
+        panels = (m['x'][channel], m['condition'][channel], funnel_wins[channel].float(), funnel_wins.float().mean(0))
+        for row, panel in enumerate(panels):
+            axes[row, col].imshow(panel.numpy(), cmap='gray' if row < 2 else 'viridis', vmin=0 if row > 1 else None,
+                                  vmax=1 if row > 1 else None)
+        axes[0, col].set_title(f'{name}\nchannel {channel}', fontsize=10)
+    fig.suptitle(f'What FReLU computes: {title}', fontsize=13)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -108,7 +119,7 @@ def show_frelu(
 ) -> List[Path]:
     model = create_model(model_name, pretrained=pretrained, **({'num_classes': num_classes} if num_classes else {}))
     if checkpoint:
-        load_checkpoint(model, checkpoint)
+        load_weights(model, Path(checkpoint), use_ema=None)
     data = load_split(dataset, split, data_dir)
     image_u8 = data.images[image_index]
     cfg = resolve_data_config({}, model=model)

@@ -9,11 +9,12 @@ from typing import Any, Dict
 import yaml
 from huggingface_hub import EvalResult, ModelCardData
 
-from ..data.constants import DATASET_DESCRIPTIONS
+from ..data.constants import CIFAR_NUM_CLASSES
 from ..layers import ACT_TITLES
 from ..models import ACTS
 from ..zoo import hub_repo_id, tag_dataset
 from ..summary import model_summary
+from .provenance import dataset_id, describe_test_data, describe_training_data, reproduce_command
 
 RECIPE_KEYS = ('epochs', 'opt', 'lr', 'momentum', 'weight_decay', 'batch_size', 'sched', 'decay_milestones',
                'warmup_epochs', 'smoothing', 'model_ema', 'model_ema_decay', 'mixup', 'cutmix', 'aa', 'cutout',
@@ -42,10 +43,11 @@ def render_card(name_tag: str, results: Dict[str, Any], run_args: Dict[str, Any]
         library_name='timm',
         license='apache-2.0',
         tags=['image-classification', 'timm', 'cifar', act] + (['frelu', 'funnel-activation'] if act == 'frelu' else []),
-        datasets=[dataset],
+        datasets=[dataset_id(run_args.get('dataset'))] if dataset_id(run_args.get('dataset')) else None,
         model_name=name_tag,
         eval_results=[
-            EvalResult(task_type='image-classification', dataset_type=dataset, dataset_name=_data_label(r),
+            EvalResult(task_type='image-classification', dataset_type=dataset_id(r['data']['dataset']) or 'imagefolder',
+                       dataset_name=describe_test_data(r['data']),
                        dataset_config=r['data']['dataset'], dataset_split=r['data']['split'], metric_type='accuracy', metric_name='top-1 accuracy',
                        metric_value=round(r['top1'], 2))
             for r in evaluations
@@ -55,16 +57,12 @@ def render_card(name_tag: str, results: Dict[str, Any], run_args: Dict[str, Any]
     # Options that are off say nothing; milestones only matter to a multistep schedule.
     recipe = {k: run_args[k] for k in RECIPE_KEYS if k in run_args and (run_args[k] or k == 'seed')
               and (k != 'decay_milestones' or run_args.get('sched') == 'multistep')}
-    command = 'python -m timm_frelu.train'
-    if run_args.get('config'):
-        command += f" -c {run_args['config']}"
-    if run_args.get('dataset'):
-        command += f" --dataset {run_args['dataset']} --seed {run_args.get('seed')}"
     lines = [
         f'---\n{card_data.to_yaml()}\n---',
         f'# {name_tag}',
         '',
-        f'`{arch}` with **{ACT_TITLES.get(act, act)}** in its residual blocks, trained for {dataset.upper()}, for '
+        f'`{arch}` with **{ACT_TITLES.get(act, act)}** in its residual blocks, a {CIFAR_NUM_CLASSES[dataset]}-class '
+        f'classifier trained on {describe_training_data(run_args) if run_args else "data that was not recorded"}, for '
         f'[timm](https://github.com/huggingface/pytorch-image-models) with the timm-frelu plugin. '
         f'Hub repo: `{hub_repo_id(name, tag)}`.',
         '',
@@ -97,7 +95,7 @@ def render_card(name_tag: str, results: Dict[str, Any], run_args: Dict[str, Any]
         '| --- | --- | --- | --- | --- |',
     ]
     for r in evaluations:
-        lines.append(f"| {DATASET_DESCRIPTIONS.get(r['data']['dataset'], _data_label(r))} (`{_data_label(r)}`) | "
+        lines.append(f"| {describe_test_data(r['data'])} (`{_data_label(r)}`) | "
                      f"{r['count']} | {r['top1']:.2f} | {r['top5']:.2f} | {r['loss']:.4f} |")
     lines += ['', 'Per-class top-1 and the SHA256 of the evaluated pixels are in `results.json`.', '']
     if has_figure:
@@ -107,8 +105,9 @@ def render_card(name_tag: str, results: Dict[str, Any], run_args: Dict[str, Any]
     lines += ['## Training', '']
     if recipe:
         lines += ['```yaml', yaml.safe_dump(recipe, sort_keys=False).strip(), '```', '']
-        if run_args.get('dataset'):
-            lines += [f'Command: `{command}`. Full arguments: `recipe.yaml`; epoch by epoch: `summary.csv`.', '']
+        lines += [f'Trained on {describe_training_data(run_args)}. To repeat the run:', '',
+                  f'    {reproduce_command(run_args)}', '',
+                  'Full arguments: `recipe.yaml`; epoch by epoch: `summary.csv`.', '']
     else:
         lines += ['No training arguments were recorded with this checkpoint.', '']
     lines += [
@@ -136,9 +135,12 @@ def render_card(name_tag: str, results: Dict[str, Any], run_args: Dict[str, Any]
     if dataset == 'cifar10':
         lines.append(f'- `{name}.cifar100` weights are pending data: no CIFAR-100 copy was available to train them; '
                      'its tag, recipes and code are ready.')
-    if any(r['data']['dataset'] == 'shared/cifar10-jpeg' for r in evaluations) or run_args.get('dataset', '').startswith('shared/'):
+    if run_args.get('dataset') == 'shared/cifar10-jpeg':
         lines.append('- Trained on a lossy JPEG copy of CIFAR-10 (the official archives could not be reached); '
-                     'accuracy on the official test set can differ. The 1,000-image lossless subset is the closer '
-                     'estimate (binomial standard error about ±0.7 points at 95%).')
+                     'accuracy on the official test set can differ.')
+    if any(r['data']['dataset'] == 'shared/cifar10-jpeg' for r in evaluations):
+        lines.append('- The 10,000-image test set above is the same JPEG copy, not the official pixels; the 1,000 '
+                     'original test images are the closer estimate of official accuracy (binomial standard error '
+                     'about ±0.7 points at 95%).')
     lines += ['', '## Citation', '', '```bibtex', CITATION, '```', '']
     return '\n'.join(lines)

@@ -26,10 +26,12 @@ from timm.models._hub import save_config_for_hf
 
 from ..data import DataError
 from ..fileio import file_sha256, write_json_atomic
+from ..checkpoint import CheckpointError, read_checkpoint
 from ..data.constants import CIFAR_NUM_CLASSES
 from ..zoo import RESULTS_FILENAME, WEIGHTS_FILENAME, build_manifest, checkpoints_dir, tag_dataset, write_manifest
 from ..validate import validate, validation_args
 from .card import render_card
+from .provenance import portable_args, portable_source
 
 DEFAULT_EVAL_DATASETS = ('shared/cifar10-jpeg', 'shared/cifar10-lossless')
 DTYPES = {'float16': torch.float16, 'float32': torch.float32, 'bfloat16': torch.bfloat16}
@@ -37,24 +39,6 @@ DTYPES = {'float16': torch.float16, 'float32': torch.float32, 'bfloat16': torch.
 
 class PublishError(RuntimeError):
     pass
-
-
-def load_training_checkpoint(path: Path) -> Dict[str, Any]:
-    """A timm training checkpoint (``state_dict``, ``state_dict_ema``, ``epoch``, ...), or a
-    ``.safetensors`` weights file as ``{'state_dict': ...}``, loaded without unpickling code."""
-    if not path.is_file():
-        raise PublishError(f'No checkpoint at {path}; pass a training run folder or a checkpoint file.')
-    try:
-        if path.suffix == '.safetensors':
-            return {'state_dict': load_file(path)}
-        # timm's training checkpoints hold the run's argparse.Namespace beside the tensors.
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as err:
-        raise PublishError(f'{path} is not a readable checkpoint ({type(err).__name__}: {err}).') from None
-    if 'state_dict' not in checkpoint:
-        raise PublishError(f'{path} holds no state_dict; is it a timm training checkpoint?')
-    return checkpoint
 
 
 def _run_checkpoint(run_dir: Path, checkpoint: str) -> Path:
@@ -87,7 +71,10 @@ def publish(
     source = Path(source)
     run_dir = source if source.is_dir() else source.parent
     checkpoint_file = _run_checkpoint(run_dir, checkpoint) if source.is_dir() else source
-    state = load_training_checkpoint(checkpoint_file)
+    try:
+        state = read_checkpoint(checkpoint_file)
+    except CheckpointError as err:
+        raise PublishError(str(err)) from None
     if weights == 'auto':
         weights = 'ema' if 'state_dict_ema' in state else 'model'
     if weights == 'ema' and 'state_dict_ema' not in state:
@@ -112,23 +99,28 @@ def publish(
     output_root = Path(output_root) if output_root else zoo_root
     output_root.mkdir(parents=True, exist_ok=True)
     final = output_root / name_tag
+    _recover_interrupted(output_root, name_tag)
     stage = Path(tempfile.mkdtemp(prefix=f'.{name_tag}.', dir=output_root))
     try:
         stored = {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in model.state_dict().items()}
         save_file(stored, stage / WEIGHTS_FILENAME, metadata={'format': 'pt'})
         save_config_for_hf(model, str(stage / 'config.json'), model_config={'pretrained_cfg': {'tag': tag}},
                            model_args=model_args or None)
-        for extra, target in ((args_file, 'recipe.yaml'), (run_dir / 'summary.csv', 'summary.csv')):
-            if extra.is_file():
-                shutil.copy(extra, stage / target)
+        if run_args:
+            (stage / 'recipe.yaml').write_text(yaml.safe_dump(portable_args(run_args), sort_keys=False))
+        if (run_dir / 'summary.csv').is_file():
+            shutil.copy(run_dir / 'summary.csv', stage / 'summary.csv')
 
         sha256 = file_sha256(stage / WEIGHTS_FILENAME)
         evaluations = _evaluate_stored_file(name_tag, dataset, stage / WEIGHTS_FILENAME, eval_datasets, data_dir, model_args)
-        training = {key: run_args.get(key) for key in ('model', 'dataset', 'seed', 'epochs', 'config')}
+        training = {key: value for key, value in portable_args(run_args).items()
+                    if key in ('model', 'dataset', 'train_split', 'seed', 'epochs', 'config')}
         if (stage / 'summary.csv').is_file():
             training['summary_csv'] = 'summary.csv'  # beside results.json
         for result in evaluations:
             result['training'] = training if run_args else None
+            result['data'] = portable_source(result['data'])
+            result['weights']['ema'] = weights == 'ema'  # the stored file holds the weights named above
         results = dict(
             model=name_tag, weights_file=WEIGHTS_FILENAME, weights_sha256=sha256, weights_dtype=dtype,
             weights=weights, source_checkpoint=f'{run_dir.name}/{checkpoint_file.name}', source_epoch=_source_epoch(state, stage),
@@ -153,6 +145,17 @@ def publish(
     if zoo_root is not None and output_root.resolve() == zoo_root.resolve():
         write_manifest(build_manifest(zoo_root))
     return final
+
+
+def _recover_interrupted(output_root: Path, name_tag: str) -> None:
+    """Undo what a publish killed midway left: restore the previous folder if it was moved aside
+    and not replaced, and remove half-built staging folders (neither is ever loaded)."""
+    final, backup = output_root / name_tag, output_root / f'.{name_tag}.old'
+    if backup.is_dir() and not final.exists():
+        backup.rename(final)
+    for stale in output_root.glob(f'.{name_tag}.*'):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _check_name(name_tag: str) -> Tuple[str, str, str]:

@@ -62,7 +62,7 @@ def _with_retries(action: Callable[[], T], what: str, attempts: int, base_delay:
             error = err
         if attempt == attempts:
             raise PushError(f'Could not {what} after {attempts} attempts ({type(error).__name__}: '
-                            f'{str(error).splitlines()[0] if str(error) else ""}). Nothing was committed; run the push again.') from None
+                            f'{str(error).splitlines()[0] if str(error) else ""}). Nothing was committed: the Hub repo is unchanged. Run the push again.') from None
         time.sleep(base_delay * 2 ** (attempt - 1))
 
 

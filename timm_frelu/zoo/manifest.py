@@ -63,7 +63,9 @@ def manifest_entry(folder: Path) -> PublishedWeights:
 def build_manifest(checkpoints: Path) -> List[PublishedWeights]:
     """Entries for every published folder in ``checkpoints``. A model's longest-trained weights
     come first: timm makes a model's first tag with weights its default."""
-    entries = [manifest_entry(results.parent) for results in sorted(Path(checkpoints).glob(f'*/{RESULTS_FILENAME}'))]
+    folders = sorted(results.parent for results in Path(checkpoints).glob(f'*/{RESULTS_FILENAME}'))
+    # Dot folders are publish's staging and backup copies, never published weights.
+    entries = [manifest_entry(folder) for folder in folders if not folder.name.startswith('.')]
     return sorted(entries, key=lambda e: (e.name, -(e.epochs or 0), e.tag))
 
 

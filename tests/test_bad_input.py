@@ -1,0 +1,157 @@
+"""Bad input: each case gets a one-line error that names the fix and a non-zero exit, and a kill
+at any moment leaves nothing half-written where a reader would load it. The README's
+reliability table lists these cases."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from conftest import kill_when, make_image_folder
+from timm_frelu.checkpoint import read_checkpoint
+from timm_frelu.fileio import file_sha256
+from timm_frelu.hub import PublishError, publish
+from timm_frelu.train import training_args, train
+
+
+def _cli(*args, env=None, cwd=None):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600, cwd=cwd,
+                          env=dict(os.environ, **(env or {})))
+
+
+def _error_line(result) -> str:
+    """The last line the command wrote to stderr: its error."""
+    return result.stderr.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp('data'), num_classes=10, per_class=4)
+
+
+@pytest.fixture(scope='module')
+def run_dir(data_dir, tmp_path_factory):
+    return train(training_args(dataset='folder', data_dir=str(data_dir), model='resnet20_frelu.cifar10', epochs=1,
+                               batch_size=20, lr=0.05, model_ema=True, threads=1,
+                               output=str(tmp_path_factory.mktemp('runs')), experiment='run'))
+
+
+def test_validate_a_truncated_weights_file(tmp_path, data_dir):
+    weights = tmp_path / 'model.safetensors'
+    save_file(timm.create_model('resnet20_frelu').state_dict(), weights)
+    weights.write_bytes(weights.read_bytes()[:5000])
+    result = _cli('-m', 'timm_frelu.validate', '--checkpoint', str(weights), '--dataset', 'folder', '--data-dir', str(data_dir))
+    assert result.returncode == 2 and 'Traceback' not in result.stderr
+    assert 'cannot be read' in _error_line(result) and 'truncated, damaged' in _error_line(result)
+
+
+def test_validate_a_checkpoint_with_another_class_count(tmp_path, data_dir):
+    weights = tmp_path / 'five.safetensors'
+    save_file(timm.create_model('resnet20_frelu', num_classes=5).state_dict(), weights)
+    result = _cli('-m', 'timm_frelu.validate', '--checkpoint', str(weights), '--dataset', 'folder', '--data-dir', str(data_dir))
+    assert result.returncode == 2 and 'pass --num-classes 5' in _error_line(result)
+
+
+def test_validate_with_batch_size_zero(data_dir):
+    result = _cli('-m', 'timm_frelu.validate', '-b', '0', '--dataset', 'folder', '--data-dir', str(data_dir))
+    assert result.returncode == 2 and '--batch-size must be at least 1, got 0' in _error_line(result)
+
+
+def test_train_with_a_negative_learning_rate(data_dir, tmp_path):
+    result = _cli('-m', 'timm_frelu.train', '--lr', '-0.1', '--dataset', 'folder', '--data-dir', str(data_dir),
+                  '--output', str(tmp_path))
+    assert result.returncode == 2 and '--lr must be positive, got -0.1' in _error_line(result)
+    assert not any(tmp_path.iterdir())  # refused before any work
+
+
+def test_main_job_without_test_data_fails_and_says_why_in_full(tmp_path):
+    result = _cli('-m', 'timm_frelu.cli', 'main', '--output', str(tmp_path / 'out'), cwd=tmp_path,
+                  env=dict(TIMM_FRELU_SHARED_DATA=str(tmp_path / 'no-data'), TIMM_FRELU_DATA=str(tmp_path / 'no-data')))
+    assert result.returncode == 2
+    assert 'nothing was validated' in _error_line(result) and 'TIMM_FRELU_SHARED_DATA' in _error_line(result)
+    # The reasons are printed whole, fix included.
+    assert f'Set TIMM_FRELU_SHARED_DATA to the folder that holds cifar10-lossless-subset.tar.xz and SHA256SUMS.' in result.stdout
+
+
+def test_publish_a_fine_tuned_head_is_refused_before_any_work(tmp_path):
+    run = tmp_path / 'finetuned'
+    run.mkdir()
+    torch.save({'state_dict': timm.create_model('resnet20_frelu', num_classes=5).state_dict(), 'epoch': 0},
+               run / 'last.pth.tar')
+    result = _cli('-m', 'timm_frelu.cli', 'publish', str(run), '--name', 'resnet20_frelu.cifar10', '--output',
+                  str(tmp_path / 'checkpoints'))
+    assert result.returncode == 2 and 'has a 5-class classifier' in _error_line(result)
+    assert not (tmp_path / 'checkpoints').exists()
+
+
+def test_publish_under_a_tag_that_names_no_dataset(run_dir, tmp_path):
+    result = _cli('-m', 'timm_frelu.cli', 'publish', str(run_dir), '--name', 'resnet20_frelu.tiny5', '--output',
+                  str(tmp_path / 'checkpoints'))
+    assert result.returncode == 2 and "The tag 'tiny5' names no dataset" in _error_line(result)
+
+
+@pytest.mark.parametrize('argv', [['-m', 'timm_frelu.cli', 'sweep', '--help'], ['-m', 'timm_frelu.cli', 'sweep', '-h'],
+                                  ['-m', 'timm_frelu.sweep', '--help']])
+def test_sweep_help(argv):
+    result = _cli(*argv)
+    assert result.returncode == 0 and result.stdout.startswith('usage: timm-frelu sweep')
+
+
+def test_recipes_without_an_argument_writes_nothing(tmp_path):
+    result = _cli('-m', 'timm_frelu.cli', 'recipes', cwd=tmp_path)
+    assert result.returncode == 0 and 'timm-frelu recipes --write zoo_configs' in result.stdout
+    assert not any(tmp_path.iterdir())
+
+
+def test_cpu_commands_do_not_warn_about_cuda(tmp_path, data_dir):
+    result = _cli('-m', 'timm_frelu.validate', '--dataset', 'folder', '--data-dir', str(data_dir), '--channels-last')
+    assert result.returncode == 0 and 'CUDA' not in result.stderr
+
+
+def test_publish_killed_midway_leaves_the_previous_folder_whole(run_dir, data_dir, tmp_path):
+    root = tmp_path / 'checkpoints'
+    name = 'resnet20_frelu.test_cifar10'
+    publish(run_dir, name, output_root=root, eval_datasets=['folder'], data_dir=str(data_dir), figure=False)
+    before = (root / name / 'results.json').read_text()
+    cmd = [sys.executable, '-m', 'timm_frelu.cli', 'publish', str(run_dir), '--name', name, '--output', str(root),
+           '--eval-dataset', 'folder', '--data-dir', str(data_dir)]
+    # Killed while it evaluates and draws into its staging folder.
+    kill_when(cmd, lambda: any((p / 'model.safetensors').is_file() for p in root.glob(f'.{name}.*')))
+    assert (root / name / 'results.json').read_text() == before
+    results = json.loads(before)
+    assert file_sha256(root / name / 'model.safetensors') == results['weights_sha256']
+    # The next publish clears what the killed one left.
+    publish(run_dir, name, output_root=root, eval_datasets=['folder'], data_dir=str(data_dir), figure=False)
+    assert [p.name for p in root.iterdir()] == [name]
+
+
+def test_training_killed_while_writing_a_checkpoint_keeps_the_last_one_whole(data_dir, tmp_path):
+    run = tmp_path / 'run'
+    cmd = [sys.executable, '-m', 'timm_frelu.train', '--dataset', 'folder', '--data-dir', str(data_dir),
+           '--model', 'resnet20_frelu', '--epochs', '50', '--batch-size', '20', '--lr', '0.05', '--threads', '1',
+           '--output', str(tmp_path), '--experiment', 'run']
+    # Killed while timm writes tmp.pth.tar (watched closely: a write takes milliseconds), after at
+    # least one checkpoint is complete.
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while process.poll() is None and not ((run / 'last.pth.tar').is_file() and (run / 'tmp.pth.tar').is_file()):
+            time.sleep(0.001)
+        assert process.poll() is None, 'training ended before a checkpoint write could be interrupted'
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    checkpoint = read_checkpoint(run / 'last.pth.tar')
+    assert checkpoint['epoch'] >= 0 and 'state_dict' in checkpoint
+    resumed = _cli('-m', 'timm_frelu.train', '--resume', str(run / 'last.pth.tar'), '--dataset', 'folder',
+                   '--data-dir', str(data_dir), '--model', 'resnet20_frelu', '--epochs', str(checkpoint['epoch'] + 2),
+                   '--batch-size', '20', '--lr', '0.05', '--threads', '1')
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
