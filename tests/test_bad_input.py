@@ -20,6 +20,9 @@ from timm_frelu.fileio import file_sha256
 from timm_frelu.hub import PublishError, publish
 from timm_frelu.train import training_args, train
 
+# Every case runs the command line, most in a subprocess. `pytest -m 'not slow'` leaves them out.
+pytestmark = pytest.mark.slow
+
 
 def _cli(*args, env=None, cwd=None):
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600, cwd=cwd,

@@ -107,6 +107,7 @@ def test_dyrelu_rejects_a_wrong_channel_count():
         DyReLUB(16)(torch.randn(1, 8, 4, 4))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('act', ['dyrelua', 'dyrelub'])
 def test_dyrelu_models_script_and_export(act, tmp_path):
     ort = pytest.importorskip('onnxruntime')

@@ -15,6 +15,9 @@ from timm_frelu.fileio import file_sha256
 from timm_frelu.gpu_zoo import (GpuZooError, load_plan, publish_returned, size_epochs, unpack_snapshot,
                                 write_snapshot)
 
+# End to end: the job runs as a subprocess and trains. `pytest -m 'not slow'` leaves it out.
+pytestmark = pytest.mark.slow
+
 PART_SIZE = 200_000  # a resnet20's fp16 weights (0.56 MB) come back in several parts
 PLAN = '''
 defaults:

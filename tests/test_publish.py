@@ -17,6 +17,9 @@ from timm_frelu.hub import PushError, publish, push
 from timm_frelu.train import parse_args, train
 from timm_frelu.validate import parser as validate_parser, validate
 
+# End to end: a training run, publishing and a Hub server. `pytest -m 'not slow'` leaves them out.
+pytestmark = pytest.mark.slow
+
 MODEL = 'resnet20_frelu.cifar10'
 # A tag of its own: the zoo's manifest publishes other weights as resnet20_frelu.cifar10.
 NAME = 'resnet20_frelu.test_cifar10'
@@ -216,6 +219,7 @@ def test_olah_mirror_serves_a_published_checkpoint_to_timm(published, tmp_path):
                 time.sleep(0.2)
         script = LOAD_SCRIPT.format(name=f'hf-hub:timm-frelu/{NAME}') + '''
 from huggingface_hub import HfApi, file_exists, snapshot_download
+
 repo = 'timm-frelu/{0}'
 print(sorted(HfApi().list_repo_files(repo)))
 print(file_exists(repo, 'results.json'), file_exists(repo, 'nope.bin'))

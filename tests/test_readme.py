@@ -1,10 +1,14 @@
 from pathlib import Path
 
+import pytest
+
 from timm_frelu.cli import main
 from timm_frelu.readme import replace_section
 from timm_frelu.summary import MODEL_TABLE, model_table
 
 README = Path(__file__).resolve().parents[1] / 'README.md'
+# Both count params and MACs of all sixty models (about 15 s each). `pytest -m 'not slow'` leaves them out.
+pytestmark = pytest.mark.slow
 
 
 def test_readme_model_table_is_current():

@@ -17,6 +17,9 @@ from conftest import kill_when, make_image_folder
 from timm_frelu.sweep import load_sweep, run_sweep, write_report
 from timm_frelu.train import parse_args
 
+# End to end: training runs in subprocesses or in-process. `pytest -m 'not slow'` leaves them out.
+pytestmark = pytest.mark.slow
+
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 

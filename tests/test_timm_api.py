@@ -94,6 +94,7 @@ def test_torch_jit_script(name):
     assert torch.allclose(torch.jit.script(model)(x), model(x), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_onnx_export_runs_in_onnxruntime(name, tmp_path):
     ort = pytest.importorskip('onnxruntime')
     model = timm.create_model(name).eval()
@@ -105,6 +106,7 @@ def test_onnx_export_runs_in_onnxruntime(name, tmp_path):
     assert np.abs(out - model(x).detach().numpy()).max() < 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('compiled_name', ['resnet20_frelu'])  # inductor's CPU warm-up takes ~30 s a model
 def test_torch_compile(compiled_name):
     model = timm.create_model(compiled_name).eval()

@@ -66,6 +66,7 @@ def test_pretrained_loads_the_shipped_file_offline(folder):
         assert (state[key].to(stored.dtype) == stored).all(), key
 
 
+@pytest.mark.slow
 @shipped
 @pytest.mark.parametrize('dataset', ['shared/cifar10-lossless', 'shared/cifar10-jpeg'])
 def test_eval_command_reproduces_the_recorded_accuracy(folder, dataset):
@@ -78,6 +79,7 @@ def test_eval_command_reproduces_the_recorded_accuracy(folder, dataset):
     assert abs(fresh['top1'] - recorded['top1']) <= 100 / fresh['count'] + 1e-9
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (CHECKPOINTS / f'{DEFAULT_MODEL}.{DEFAULT_TAG}').is_dir(), reason='the default checkpoint is not shipped yet')
 def test_default_checkpoint_round_trips_through_the_hub(hub, tmp_path):
     folder = CHECKPOINTS / f'{DEFAULT_MODEL}.{DEFAULT_TAG}'
