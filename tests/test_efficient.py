@@ -232,3 +232,19 @@ def test_fused_model_is_inference_only_and_exports(tmp_path):
         assert np.abs(out - fused(x).numpy()).max() < 1e-4
     with pytest.raises(RuntimeError, match='cannot train'):
         fused.train()(x)
+
+
+@needs_compiler
+@pytest.mark.parametrize('training', [True, False])
+def test_a_plain_nchw_batch_takes_the_cpu_kernels(training):
+    """model(x) on an ordinary NCHW tensor: the first FReLU block moves the activation to the
+    kernels' layout, and the network carries on in it, with the reference's results."""
+    model = _with_statistics(_randomize_batch_norms(timm.create_model('resnet20_frelu'))).train(training)
+    naive = copy.deepcopy(model)
+    for module in naive.modules():
+        if isinstance(module, FReLU):
+            module.efficient = False
+    x = torch.randn(4, 3, 16, 16)
+    features = model.forward_features(x)
+    assert features.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(features, naive.forward_features(x), rtol=1e-4, atol=1e-4)

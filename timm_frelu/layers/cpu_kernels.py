@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ['cpu_kernels', 'cpu_kernels_apply', 'cpu_inference_kernel_applies']
+__all__ = ['cpu_kernels', 'cpu_kernels_apply', 'cpu_inference_kernel_applies', 'to_kernel_layout']
 
 _SOURCE = Path(__file__).resolve().parent.parent / 'csrc' / 'frelu_cpu.cpp'
 _ENABLE_VARIABLE = 'TIMM_FRELU_CPU_KERNELS'
@@ -108,6 +108,17 @@ def cpu_kernels_apply(x: torch.Tensor, shortcut: Optional[torch.Tensor] = None) 
     return (_is_kernel_layout(x) and x.shape[0] * x.shape[2] * x.shape[3] > 1
             and (shortcut is None or (_is_kernel_layout(shortcut) and shortcut.shape == x.shape))
             and cpu_kernels() is not None)
+
+
+def to_kernel_layout(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in channels_last layout when it is an fp32 CPU activation the kernels could take in
+    that layout, else ``x`` as it is. FReLU's output keeps the layout and the convs after it
+    follow it, so in a network of FReLU blocks only the first block copies: a model called on a
+    plain NCHW batch takes the kernels too."""
+    if (x.device.type == 'cpu' and x.dtype == torch.float32 and x.dim() == 4
+            and not x.is_contiguous(memory_format=torch.channels_last) and cpu_kernels() is not None):
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def _is_kernel_layout(x: torch.Tensor) -> bool:

@@ -26,7 +26,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
 from timm.layers._fx import register_notrace_module
 
-from .cpu_kernels import cpu_inference_kernel_applies, cpu_kernels, cpu_kernels_apply
+from .cpu_kernels import cpu_inference_kernel_applies, cpu_kernels, cpu_kernels_apply, to_kernel_layout
 
 __all__ = ['FReLU', 'LazyFReLU', 'create_frelu', 'fold_batch_norm', 'frelu_reference']
 
@@ -109,7 +109,7 @@ class FReLU(nn.Module):
         not two (or, in the CPU kernel, the whole activation in one)."""
         self._check_input(x)
         weight, bias = fold_batch_norm(self.weight, self.bias, self.bn)
-        return folded_funnel_max(x, weight.to(x.dtype), bias.to(x.dtype))
+        return folded_funnel_max(to_kernel_layout(x), weight.to(x.dtype), bias.to(x.dtype))
 
     @torch.jit.unused
     def _can_use_efficient_training(self, x: torch.Tensor) -> bool:
@@ -136,6 +136,9 @@ class FReLU(nn.Module):
         """
         if self.efficient and self._can_use_efficient_training(x) and _is_stock_batch_norm(norm):
             self._check_input(x)
+            # In a block the copy to the kernels' layout replaces the conv output (only the first
+            # block's: the layout carries on from there); a lone FReLU would keep both.
+            x, shortcut = to_kernel_layout(x), to_kernel_layout(shortcut) if shortcut is not None else None
             return _FReLUTrainFunction.apply(x, shortcut, norm.weight, norm.bias, *self._funnel_args(norm))
         x = norm(x)
         if shortcut is not None:
