@@ -50,6 +50,7 @@ def returned(tmp_path_factory):
          '--work-dir', str(root / 'work')],
         capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert 'No CUDA runtime' not in result.stderr  # a CPU run says nothing of CUDA
     return out
 
 

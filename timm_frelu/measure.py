@@ -10,7 +10,6 @@ from typing import Callable, Dict, Hashable, Iterable, List, Optional
 
 import torch
 import torch.nn.functional as F
-from torch.utils.benchmark import Timer
 
 Step = Callable[[], None]
 
@@ -59,8 +58,15 @@ def inference_step(model: torch.nn.Module, batch_size: int, channels_last: bool 
     return step
 
 
+def _timer(step: Step):
+    from .layers.cpu_kernels import no_cuda_runtime_warning
+    with no_cuda_runtime_warning():
+        from torch.utils.benchmark import Timer
+    return Timer('step()', globals={'step': step}, num_threads=torch.get_num_threads())
+
+
 def _seconds(step: Step) -> float:
-    return Timer('step()', globals={'step': step}, num_threads=torch.get_num_threads()).timeit(1).mean
+    return _timer(step).timeit(1).mean
 
 
 def interleaved_medians(steps: Dict[Hashable, Step], repeats: int) -> Dict[Hashable, float]:
@@ -80,8 +86,7 @@ def seconds_per_call(step: Step, min_seconds: float) -> float:
     """Median seconds of one call of ``step``, measured in blocks for at least ``min_seconds``
     (after a warm-up call that is not counted)."""
     step()
-    return Timer('step()', globals={'step': step}, num_threads=torch.get_num_threads()).blocked_autorange(
-        min_run_time=min_seconds).median
+    return _timer(step).blocked_autorange(min_run_time=min_seconds).median
 
 
 def saved_activation_bytes(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,

@@ -8,6 +8,7 @@ unsupported build. Where it can't be built, for want of a C++ compiler say, FReL
 runs stock torch ops, which give the same results more slowly. ``TIMM_FRELU_CPU_KERNELS=0`` turns
 the kernels off.
 """
+import contextlib
 import functools
 import hashlib
 import logging
@@ -18,7 +19,7 @@ import sys
 import warnings
 from pathlib import Path
 from types import ModuleType
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
@@ -71,16 +72,23 @@ def _build_dir(name: str) -> Path:
     return folder
 
 
-def _quiet_cpp_extension() -> ModuleType:
-    """``torch.utils.cpp_extension``, imported without its warning that no CUDA runtime is found,
-    which says nothing about these CPU kernels."""
+@contextlib.contextmanager
+def no_cuda_runtime_warning() -> Iterator[None]:
+    """Silence the warning ``torch.utils.cpp_extension`` logs when it is first imported on a
+    machine with CUDA's files but no CUDA runtime: it says nothing about CPU work. Import it (or
+    ``torch.utils.benchmark``, which imports it) inside this."""
     logger = logging.getLogger('torch.utils.cpp_extension')
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        import torch.utils.cpp_extension as cpp_extension
+        yield
     finally:
         logger.setLevel(level)
+
+
+def _quiet_cpp_extension() -> ModuleType:
+    with no_cuda_runtime_warning():
+        import torch.utils.cpp_extension as cpp_extension
     return cpp_extension
 
 
