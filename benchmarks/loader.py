@@ -16,7 +16,7 @@ from torchvision import datasets, transforms
 
 import timm_frelu  # noqa: F401
 from timm_frelu.data import CIFAR10_MEAN, CIFAR10_STD, TensorLoader, load_split
-from timm_frelu.measure import interleaved_medians, training_step
+from timm_frelu.measure import interleaved_medians, machine_description, training_step
 from timm_frelu.data.shared import SHARED_ARCHIVES, unpacked_archive, verified_archive
 
 
@@ -56,6 +56,7 @@ def main() -> None:
     ours = images_per_second(tensor_loader, args.batches)
     baseline = images_per_second(pil_loader, args.batches)
     model = model_train_images_per_second(args.batch_size)
+    print(f'machine: {machine_description()}')
     print(f'data: shared/cifar10-jpeg train ({SHARED_ARCHIVES["cifar10-jpeg"]}), batch {args.batch_size}, '
           f'{args.batches} batches, {torch.get_num_threads()} torch threads, {args.workers} DataLoader workers')
     print(f'torchvision+PIL DataLoader : {baseline:10.0f} img/s')

@@ -22,21 +22,23 @@ import torch
 
 import timm_frelu
 from timm_frelu import FReLU
-from timm_frelu.measure import inference_step, interleaved_medians, saved_activation_bytes, training_step
+from timm_frelu.measure import (inference_step, interleaved_medians, machine_description, saved_activation_bytes,
+                                training_step)
 
 BATCH = {'resnet20': 128, 'resnet56': 128, 'resnet18': 64, 'resnet50': 32}
 
 
-def variant(model: torch.nn.Module, batch: int, train: bool = True,
-            compile: bool = False) -> Tuple[Dict[str, Callable[[], None]], Optional[Callable[[], int]]]:
+def variant(model: torch.nn.Module, batch: int, train: bool = True, compile: bool = False,
+            channels_last: bool = True) -> Tuple[Dict[str, Callable[[], None]], Optional[Callable[[], int]]]:
     """One variant's timed steps (a training step: forward, backward, SGD update, unless ``train``
     is off; an inference forward) and, when it trains, its activation-memory probe."""
-    timed = {'eval': inference_step(model, batch, channels_last=True, compile=compile)}
+    timed = {'eval': inference_step(model, batch, channels_last=channels_last, compile=compile)}
     if not train:
         return timed, None
-    timed['train'] = training_step(model, batch, channels_last=True, compile=compile)
+    timed['train'] = training_step(model, batch, channels_last=channels_last, compile=compile)
     forward = torch.compile(model) if compile else model
-    x = torch.randn(batch, 3, 32, 32).to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, 32, 32)
+    x = x.to(memory_format=torch.channels_last) if channels_last else x
 
     def memory() -> int:
         model.train()
@@ -60,10 +62,12 @@ def main() -> None:
                         help='also time torch.compile (inductor) of ReLU and of FReLU (the reference ops, which is what FReLU runs under compile)')
     args = parser.parse_args()
     torch.manual_seed(0)
-    print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, eager unless named compiled, channels_last, fp32, 32x32 input; '
+    print(f'machine: {machine_description()}')
+    print(f'eager unless named compiled, channels_last unless named NCHW, fp32, 32x32 input; '
           f'median of {args.repeats}, variants timed in turn, after a warm-up')
     print('| arch (batch) | variant | train img/s | ratio | eval img/s | ratio | activation MiB | ratio |')
     print('| --- | --- | --- | --- | --- | --- | --- | --- |')
+    default_path = []
     for arch in args.archs:
         batch = BATCH.get(arch, 64)
         naive_model = _frelu_model(arch, efficient=False)
@@ -73,6 +77,9 @@ def main() -> None:
             'FReLU': variant(_frelu_model(arch, efficient=True), batch),
             'FReLU, fused': variant(timm_frelu.fuse(naive_model), batch, train=False),
             'ReLU, fused': variant(timm_frelu.fuse(timm.create_model(f'{arch}_relu')), batch, train=False),
+            # The default path: a model as created, called on an ordinary NCHW batch.
+            'ReLU, NCHW': variant(timm.create_model(f'{arch}_relu'), batch, channels_last=False),
+            'FReLU, NCHW': variant(_frelu_model(arch, efficient=True), batch, channels_last=False),
         }
         if args.compile:
             variants['ReLU, compiled'] = variant(timm.create_model(f'{arch}_relu'), batch, compile=True)
@@ -88,7 +95,10 @@ def main() -> None:
             train = f"{r['train']:.1f} | {relu['train'] / r['train']:.2f}" if 'train' in r else '- | -'
             memory = f"{r['memory'] / 2 ** 20:.1f} | {r['memory'] / relu['memory']:.2f}" if 'memory' in r else '- | -'
             print(f"| {arch} ({batch}) | {name} | {train} | {r['eval']:.1f} | {relu['eval'] / r['eval']:.2f} | {memory} |")
-    print('ratio: time per image (or memory) relative to the ReLU model; below 1 is faster (or smaller).')
+        nchw, frelu_nchw = results['ReLU, NCHW'], results['FReLU, NCHW']
+        default_path.append(f"{arch}: train {nchw['train'] / frelu_nchw['train']:.2f}, eval {nchw['eval'] / frelu_nchw['eval']:.2f}")
+    print('ratio: time per image (or memory) relative to the ReLU model (channels_last); below 1 is faster (or smaller).')
+    print('default path (NCHW batch, models as created), FReLU time / ReLU time: ' + '; '.join(default_path))
 
 
 if __name__ == '__main__':

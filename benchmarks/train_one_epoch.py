@@ -10,6 +10,7 @@ import csv
 import time
 from pathlib import Path
 
+from timm_frelu.measure import machine_description
 from timm_frelu.train import main as train_main
 from timm_frelu.validate import parser as validate_parser, validate
 
@@ -31,7 +32,8 @@ def main() -> None:
     run = Path(args.output) / experiment
     with open(run / 'summary.csv') as f:
         row = next(csv.DictReader(f))
-    lines = [f'recipe {RECIPE.name} with --epochs 1 --warmup-epochs 0 --model-ema-decay 0.99, data shared/cifar10-jpeg train (50,000 images)',
+    lines = [f'machine: {machine_description()}',
+             f'recipe {RECIPE.name} with --epochs 1 --warmup-epochs 0 --model-ema-decay 0.99, data shared/cifar10-jpeg train (50,000 images)',
              f'train: {float(row["train_img_per_sec"]):.1f} img/s, epoch {float(row["train_epoch_time"]):.0f} s, '
              f'whole run (data, train, eval, checkpoint) {wall:.0f} s']
     for dataset in ('shared/cifar10-jpeg', 'shared/cifar10-lossless'):

@@ -14,6 +14,21 @@ import torch.nn.functional as F
 Step = Callable[[], None]
 
 
+def machine_description() -> str:
+    """The machine a measurement came from: CPU model, vector capability torch dispatches to,
+    threads, torch version (and the GPU, where one is used)."""
+    import platform
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            cpu = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    gpu = f', GPU {torch.cuda.get_device_name(0)}' if torch.cuda.is_available() else ''
+    return (f'{cpu}, CPU capability {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads, '
+            f'torch {torch.__version__}{gpu}')
+
+
 def _batch(model: torch.nn.Module, batch_size: int, channels_last: bool, device) -> torch.Tensor:
     input_size = model.pretrained_cfg.get('input_size', (3, 32, 32)) if hasattr(model, 'pretrained_cfg') else (3, 32, 32)
     x = torch.randn(batch_size, *input_size, device=device)

@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import timm
 import torch
 
-from .measure import inference_step, interleaved_medians, training_step
+from .measure import inference_step, interleaved_medians, machine_description, training_step
 from .models import ACTS
 from .summary import model_summary
 
@@ -102,7 +102,8 @@ def markdown(rows: List[Dict[str, Any]]) -> str:
         values = [_mean_std(cells[arch, data, act]) if (arch, data, act) in cells else '' for act in acts]
         lines.append(f'| `{arch}` | {data} | ' + ' | '.join(values) + ' |')
     has_speed = 'train_img_per_sec' in rows[0]
-    lines += ['', 'Detail' + (' (images/s measured on this machine, batch 64, in this run):' if has_speed else ':'), '',
+    lines += ['', 'Detail' + (f' (images/s in this run, batch 64, each model as it runs by default: {machine_description()}):'
+                              if has_speed else ':'), '',
               '| model | test data | top-1 | seeds | params (M) | MACs (G) |' + (' train img/s | infer img/s |' if has_speed else '')
               + ' results files |',
               '| --- | --- | --- | --- | --- | --- |' + (' --- | --- |' if has_speed else '') + ' --- |']
