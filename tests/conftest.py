@@ -53,13 +53,15 @@ def _seeded():
     torch.manual_seed(0)
 
 
-def kill_when(cmd: List[str], ready: Callable[[], bool], settle: float = 0.0, timeout: float = 300) -> None:
-    """Start ``cmd``, wait until ``ready()``, then ``kill -9`` it (after ``settle`` seconds)."""
+def kill_when(cmd: List[str], ready: Callable[[], bool], settle: float = 0.0, timeout: float = 300,
+              poll: float = 0.1) -> None:
+    """Start ``cmd``, wait until ``ready()`` (asked every ``poll`` seconds), then ``kill -9`` it
+    (after ``settle`` seconds)."""
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + timeout
         while time.time() < deadline and process.poll() is None and not ready():
-            time.sleep(0.1)
+            time.sleep(poll)
         time.sleep(settle)
         assert process.poll() is None, 'the process ended before it could be killed'
         process.send_signal(signal.SIGKILL)

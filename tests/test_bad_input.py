@@ -3,10 +3,8 @@ at any moment leaves nothing half-written where a reader would load it. The READ
 reliability table lists these cases."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -142,16 +140,7 @@ def test_training_killed_while_writing_a_checkpoint_keeps_the_last_one_whole(dat
            '--output', str(tmp_path), '--experiment', 'run']
     # Killed while timm writes tmp.pth.tar (watched closely: a write takes milliseconds), after at
     # least one checkpoint is complete.
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while process.poll() is None and not ((run / 'last.pth.tar').is_file() and (run / 'tmp.pth.tar').is_file()):
-            time.sleep(0.001)
-        assert process.poll() is None, 'training ended before a checkpoint write could be interrupted'
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    finally:
-        if process.poll() is None:
-            process.kill()
+    kill_when(cmd, lambda: (run / 'last.pth.tar').is_file() and (run / 'tmp.pth.tar').is_file(), poll=0.001)
     checkpoint = read_checkpoint(run / 'last.pth.tar')
     assert checkpoint['epoch'] >= 0 and 'state_dict' in checkpoint
     resumed = _cli('-m', 'timm_frelu.train', '--resume', str(run / 'last.pth.tar'), '--dataset', 'folder',

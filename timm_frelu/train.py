@@ -46,6 +46,7 @@ from timm.utils.checkpoint_saver import load_checkpoint_metadata
 from timm.utils.summary import trim_summary
 
 from timm_frelu import FReLU  # importing timm_frelu registers the models
+from timm_frelu.args import override_args
 from timm_frelu.checkpoint import CheckpointError, load_weights, read_checkpoint
 from timm_frelu.data import DataError, TensorLoader, load_split
 from timm_frelu.data.sources import check_same_size
@@ -196,14 +197,7 @@ def training_args(config: Optional[str] = None, **overrides: Any) -> argparse.Na
     """The arguments the command line would give: the defaults, then the recipe ``config`` (a
     YAML file, as ``-c``), then ``overrides`` by their names (``batch_size=256``). How library code
     (the main job, sweeps, the GPU zoo job) describes a run to :func:`train`."""
-    args = parse_args(['-c', str(config)] if config else [])
-    unknown = sorted(set(overrides) - set(vars(args)))
-    if unknown:
-        raise ValueError(f'{", ".join(map(repr, unknown))}: not an argument of the training command '
-                         f'(timm-frelu-train --help lists them).')
-    for key, value in overrides.items():
-        setattr(args, key, value)
-    return args
+    return override_args(parse_args(['-c', str(config)] if config else []), overrides, 'timm-frelu-train')
 
 
 def _check_args(args: argparse.Namespace) -> None:

@@ -25,6 +25,7 @@ from timm.models import create_model
 from timm.utils import ParseKwargs, setup_default_logging
 
 import timm_frelu  # noqa: F401  registers the FReLU models
+from timm_frelu.args import override_args
 from timm_frelu.checkpoint import CheckpointError, load_weights
 from timm_frelu.data import DataError, TensorLoader, load_split
 from timm_frelu.fileio import file_sha256, write_json_atomic
@@ -56,14 +57,7 @@ parser.add_argument('--results-file', default='', help='write the results as JSO
 def validation_args(**overrides: Any) -> argparse.Namespace:
     """The evaluation arguments: the command line's defaults, then ``overrides`` by their names
     (``model='resnet20_frelu'``, ``checkpoint=PATH``, ``dataset=...``), for :func:`validate`."""
-    args = parser.parse_args([])
-    unknown = sorted(set(overrides) - set(vars(args)))
-    if unknown:
-        raise ValueError(f'{", ".join(map(repr, unknown))}: not an argument of the evaluation command '
-                         f'(timm-frelu-validate --help lists them).')
-    for key, value in overrides.items():
-        setattr(args, key, value)
-    return args
+    return override_args(parser.parse_args([]), overrides, 'timm-frelu-validate')
 
 
 def validate(args: argparse.Namespace) -> Dict[str, Any]:

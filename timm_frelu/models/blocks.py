@@ -51,9 +51,9 @@ def _plain_layout(kwargs: Dict) -> bool:
     return all(kwargs.get(key) is None for key in ('attn_layer', 'aa_layer', 'drop_block', 'drop_path'))
 
 
-class FReLUBasicBlock(ActBasicBlock):
-    """``BasicBlock`` with FReLU, and the lean training forward."""
-    block_act = 'frelu'
+class _FReLUForward:
+    """The FReLU blocks' forward: in training, each conv's BN -> FReLU step (the residual add
+    inside the last) as one autograd node; otherwise timm's plain block forward."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -62,55 +62,56 @@ class FReLUBasicBlock(ActBasicBlock):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.lean and self.training and not torch.jit.is_scripting() and _lean_applies(x):
             return self._lean_forward(x)
-        # timm's BasicBlock.forward (TorchScript cannot call it through super()).
-        shortcut = x
-        x = self.aa(self.act1(self.drop_block(self.bn1(self.conv1(x)))))
-        x = self.bn2(self.conv2(x))
+        return self._plain_forward(x)
+
+    @torch.jit.unused
+    def _lean_forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        *steps, (conv, bn, act) = self._conv_bn_act()
+        for step_conv, step_bn, step_act in steps:
+            x = step_act.forward_after_norm(step_conv(x), step_bn)
+        return act.forward_after_norm(conv(x), bn, shortcut)
+
+    def _add_shortcut(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        """The end of timm's block forwards, before the last activation."""
         if self.se is not None:
             x = self.se(x)
         if self.drop_path is not None:
             x = self.drop_path(x)
         if self.downsample is not None:
             shortcut = self.downsample(shortcut)
-        return self.act2(x + shortcut)
+        return x + shortcut
+
+
+class FReLUBasicBlock(_FReLUForward, ActBasicBlock):
+    """``BasicBlock`` with FReLU, and the lean training forward."""
+    block_act = 'frelu'
+
+    def _plain_forward(self, x: torch.Tensor) -> torch.Tensor:
+        # timm's BasicBlock.forward (TorchScript cannot call it through super()).
+        shortcut = x
+        x = self.aa(self.act1(self.drop_block(self.bn1(self.conv1(x)))))
+        return self.act2(self._add_shortcut(self.bn2(self.conv2(x)), shortcut))
 
     @torch.jit.unused
-    def _lean_forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        x = self.act1.forward_after_norm(self.conv1(x), self.bn1)
-        return self.act2.forward_after_norm(self.conv2(x), self.bn2, shortcut)
+    def _conv_bn_act(self):
+        return (self.conv1, self.bn1, self.act1), (self.conv2, self.bn2, self.act2)
 
 
-class FReLUBottleneck(ActBottleneck):
+class FReLUBottleneck(_FReLUForward, ActBottleneck):
     """``Bottleneck`` with FReLU, and the lean training forward."""
     block_act = 'frelu'
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.lean = _plain_layout(kwargs)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.lean and self.training and not torch.jit.is_scripting() and _lean_applies(x):
-            return self._lean_forward(x)
+    def _plain_forward(self, x: torch.Tensor) -> torch.Tensor:
         # timm's Bottleneck.forward (TorchScript cannot call it through super()).
         shortcut = x
         x = self.act1(self.bn1(self.conv1(x)))
         x = self.aa(self.act2(self.drop_block(self.bn2(self.conv2(x)))))
-        x = self.bn3(self.conv3(x))
-        if self.se is not None:
-            x = self.se(x)
-        if self.drop_path is not None:
-            x = self.drop_path(x)
-        if self.downsample is not None:
-            shortcut = self.downsample(shortcut)
-        return self.act3(x + shortcut)
+        return self.act3(self._add_shortcut(self.bn3(self.conv3(x)), shortcut))
 
     @torch.jit.unused
-    def _lean_forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        x = self.act1.forward_after_norm(self.conv1(x), self.bn1)
-        x = self.act2.forward_after_norm(self.conv2(x), self.bn2)
-        return self.act3.forward_after_norm(self.conv3(x), self.bn3, shortcut)
+    def _conv_bn_act(self):
+        return (self.conv1, self.bn1, self.act1), (self.conv2, self.bn2, self.act2), (self.conv3, self.bn3, self.act3)
 
 
 def _lean_applies(x) -> bool:
@@ -118,45 +119,19 @@ def _lean_applies(x) -> bool:
     return isinstance(x, torch.Tensor) and torch.is_grad_enabled()
 
 
-class SwishBasicBlock(ActBasicBlock):
-    block_act = 'swish'
-
-
-class MishBasicBlock(ActBasicBlock):
-    block_act = 'mish'
-
-
-class DyReLUABasicBlock(ActBasicBlock):
-    block_act = 'dyrelua'
-
-
-class DyReLUBBasicBlock(ActBasicBlock):
-    block_act = 'dyrelub'
-
-
-class SwishBottleneck(ActBottleneck):
-    block_act = 'swish'
-
-
-class MishBottleneck(ActBottleneck):
-    block_act = 'mish'
-
-
-class DyReLUABottleneck(ActBottleneck):
-    block_act = 'dyrelua'
-
-
-class DyReLUBBottleneck(ActBottleneck):
-    block_act = 'dyrelub'
-
-
-# ReLU keeps timm's own blocks.
+# ReLU keeps timm's own blocks and FReLU has its own; each other activation gets one subclass of
+# ActBasicBlock and one of ActBottleneck (SwishBasicBlock, DyReLUABottleneck, ...), which differ only
+# in ``block_act`` and are made here from a table, each a module-level name like any class.
+_CLASS_NAMES = dict(swish='Swish', mish='Mish', dyrelua='DyReLUA', dyrelub='DyReLUB')
 _BLOCKS: Dict[Type[nn.Module], Dict[str, Type[nn.Module]]] = {
-    BasicBlock: dict(relu=BasicBlock, frelu=FReLUBasicBlock, swish=SwishBasicBlock, mish=MishBasicBlock,
-                     dyrelua=DyReLUABasicBlock, dyrelub=DyReLUBBasicBlock),
-    Bottleneck: dict(relu=Bottleneck, frelu=FReLUBottleneck, swish=SwishBottleneck, mish=MishBottleneck,
-                     dyrelua=DyReLUABottleneck, dyrelub=DyReLUBBottleneck),
+    BasicBlock: dict(relu=BasicBlock, frelu=FReLUBasicBlock),
+    Bottleneck: dict(relu=Bottleneck, frelu=FReLUBottleneck),
 }
+for _act, _prefix in _CLASS_NAMES.items():
+    for _base, _act_base in ((BasicBlock, ActBasicBlock), (Bottleneck, ActBottleneck)):
+        _cls = type(f'{_prefix}{_base.__name__}', (_act_base,), dict(
+            block_act=_act, __module__=__name__, __doc__=f"timm's ``{_base.__name__}`` with {_prefix}."))
+        globals()[_cls.__name__] = _BLOCKS[_base][_act] = _cls
 
 
 def block_class(block: Type[nn.Module], act: str) -> Type[nn.Module]:
