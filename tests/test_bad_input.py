@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import timm
@@ -15,7 +14,7 @@ from safetensors.torch import save_file
 from conftest import kill_when, make_image_folder
 from timm_frelu.checkpoint import read_checkpoint
 from timm_frelu.fileio import file_sha256
-from timm_frelu.hub import PublishError, publish
+from timm_frelu.hub import publish
 from timm_frelu.train import training_args, train
 
 # Every case runs the command line, most in a subprocess. `pytest -m 'not slow'` leaves them out.

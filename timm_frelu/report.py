@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import timm
-import torch
 
 from .measure import inference_step, interleaved_medians, machine_description, training_step
 from .models import ACTS

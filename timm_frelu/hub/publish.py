@@ -11,7 +11,6 @@
 The folder is assembled beside its final place and renamed into it, so an existing folder is
 only replaced by a complete new one.
 """
-import argparse
 import csv
 import shutil
 import tempfile
@@ -20,7 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from timm.models import create_model, list_models
 from timm.models._hub import save_config_for_hf
 
