@@ -247,3 +247,16 @@ def test_report_reads_published_results_and_fills_the_readme_section(published, 
     assert f'{top1:.2f} (n=1)' in text and '\nold\n' not in text and text.endswith('<!-- results:end -->\ntail\n')
     assert '![top-1 by activation](report/accuracy.png)' in text
     assert (tmp_path / 'report' / 'curves.png').read_bytes().startswith(b'\x89PNG')
+
+
+def test_a_published_folder_republishes_in_place_with_its_records(published, data_dir):
+    """Republishing a published folder (to regenerate its card and records with a newer publish)
+    keeps its weights and what its first publish recorded of the run."""
+    before = json.loads((published / 'results.json').read_text())
+    again = publish(published, NAME, output_root=published.parent, eval_datasets=['folder'], data_dir=str(data_dir),
+                    figure=False)
+    after = json.loads((again / 'results.json').read_text())
+    for key in ('weights_sha256', 'weights', 'weights_dtype', 'source_checkpoint', 'source_epoch'):
+        assert after[key] == before[key], key
+    assert after['evaluations'][0]['top1'] == before['evaluations'][0]['top1']
+    assert (again / 'recipe.yaml').read_text() == (published / 'recipe.yaml').read_text()

@@ -12,6 +12,7 @@ The folder is assembled beside its final place and renamed into it, so an existi
 only replaced by a complete new one.
 """
 import csv
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -74,12 +75,15 @@ def publish(
         state = read_checkpoint(checkpoint_file)
     except CheckpointError as err:
         raise PublishError(str(err)) from None
+    # A published folder republished (to regenerate its card and records) keeps what its first
+    # publish recorded of the run: its arguments (recipe.yaml), which weights these are, and their source.
+    earlier = json.loads((run_dir / RESULTS_FILENAME).read_text()) if (run_dir / RESULTS_FILENAME).is_file() else {}
     if weights == 'auto':
-        weights = 'ema' if 'state_dict_ema' in state else 'model'
-    if weights == 'ema' and 'state_dict_ema' not in state:
+        weights = earlier.get('weights') or ('ema' if 'state_dict_ema' in state else 'model')
+    if weights == 'ema' and 'state_dict_ema' not in state and not earlier:
         raise PublishError(f'{checkpoint_file} has no EMA weights; use weights="model".')
-    state_dict = state['state_dict_ema' if weights == 'ema' else 'state_dict']
-    args_file = run_dir / 'args.yaml'
+    state_dict = state['state_dict_ema' if 'state_dict_ema' in state and weights == 'ema' else 'state_dict']
+    args_file = run_dir / 'args.yaml' if (run_dir / 'args.yaml').is_file() else run_dir / 'recipe.yaml'
     run_args = yaml.safe_load(args_file.read_text()) if args_file.is_file() else {}
     num_classes = state_dict['fc.weight'].shape[0] if 'fc.weight' in state_dict else None
     if num_classes != CIFAR_NUM_CLASSES[dataset]:
@@ -122,7 +126,8 @@ def publish(
             result['weights']['ema'] = weights == 'ema'  # the stored file holds the weights named above
         results = dict(
             model=name_tag, weights_file=WEIGHTS_FILENAME, weights_sha256=sha256, weights_dtype=dtype,
-            weights=weights, source_checkpoint=f'{run_dir.name}/{checkpoint_file.name}', source_epoch=_source_epoch(state, stage),
+            weights=weights, source_checkpoint=earlier.get('source_checkpoint') or f'{run_dir.name}/{checkpoint_file.name}',
+            source_epoch=earlier['source_epoch'] if earlier else _source_epoch(state, stage),
             evaluations=evaluations,
         )
         write_json_atomic(stage / RESULTS_FILENAME, results)
