@@ -28,6 +28,8 @@ A plan is a YAML file::
     python -m timm_frelu.gpu_zoo run zoo_configs/gpu/plan-1-resnet18.yaml --output "$OUT" --time-budget 500
 """
 import argparse
+import functools
+import hashlib
 import io
 import json
 import logging
@@ -176,7 +178,6 @@ def write_snapshot(runs_dir: Path, output: Path, state: Dict[str, Any], part_siz
     snapshot's parts are removed only after that: killed at any moment, ``output`` holds one
     complete snapshot that its manifest describes.
     """
-    import hashlib
     output.mkdir(parents=True, exist_ok=True)
     previous = json.loads((output / MANIFEST).read_text()) if (output / MANIFEST).is_file() else None
     serial = (previous['serial'] + 1) if previous else 0
@@ -200,7 +201,6 @@ def write_snapshot(runs_dir: Path, output: Path, state: Dict[str, Any], part_siz
 def unpack_snapshot(returned: Path, target: Path) -> Dict[str, Any]:
     """Check every part and the whole archive against the manifest in ``returned``, and unpack it
     into ``target``; returns the manifest."""
-    import hashlib
     manifest_file = Path(returned) / MANIFEST
     if not manifest_file.is_file():
         raise GpuZooError(f'{manifest_file} is missing: point at the folder the device call returned (its files_at).')
@@ -229,9 +229,9 @@ def unpack_snapshot(returned: Path, target: Path) -> Dict[str, Any]:
 def export_run(run_dir: Path, export_dir: Path) -> None:
     """A training run's newest weights (the EMA when kept) in fp16, with its args and summary."""
     from safetensors.torch import save_file
-    from .checkpoint import read_checkpoint
-    checkpoint = read_checkpoint(run_dir / 'last.pth.tar')
-    state = checkpoint.get('state_dict_ema') or checkpoint['state_dict']
+    from .checkpoint import checkpoint_weights, read_checkpoint
+    last = run_dir / 'last.pth.tar'
+    state = checkpoint_weights(read_checkpoint(last), None, last)
     export_dir.mkdir(parents=True, exist_ok=True)
     tmp = export_dir / f'.{WEIGHTS}.tmp'
     save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, str(tmp), metadata={'format': 'pt'})
@@ -273,6 +273,8 @@ def run_job(plan: Plan, output: Path, time_budget: float, device: str, work_dir:
     import torch
     from .data import load_split
 
+    # Every run of a plan usually trains on the same data: load each split once to count it.
+    count_images = functools.lru_cache(maxsize=None)(lambda *split: len(load_split(*split)))
     start = time.time()
     deadline = start + time_budget
     work_dir = Path(work_dir or tempfile.mkdtemp(prefix='gpu-zoo-'))
@@ -301,8 +303,8 @@ def run_job(plan: Plan, output: Path, time_budget: float, device: str, work_dir:
         try:
             args = train_args(plan, run, work_dir / 'train', device)
             speed = measure_train_speed(args, calibration_seconds)
-            train_images = len(load_split(args.dataset, args.train_split, args.data_dir))
-            eval_images = len(load_split(args.dataset, args.val_split, args.data_dir)) if args.val_split else 0
+            train_images = count_images(args.dataset, args.train_split, args.data_dir)
+            eval_images = count_images(args.dataset, args.val_split, args.data_dir) if args.val_split else 0
             max_epochs = args.epochs
             # Training compiles again (mostly from cache): budget the calibration's warm-up once more.
             args.epochs = size_epochs(run_deadline - time.time() - speed['warmup_s'], speed['img_per_sec'],

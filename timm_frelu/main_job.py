@@ -37,8 +37,9 @@ def default_tag() -> str:
 
 def run(output_root: str = 'output/main') -> int:
     out = Path(output_root) / time.strftime('%Y%m%d-%H%M%S')
-    name = f'{DEFAULT_MODEL}.{default_tag()}'
-    weights = shipped_weights(DEFAULT_MODEL, default_tag())
+    tag = default_tag()
+    name = f'{DEFAULT_MODEL}.{tag}'
+    weights = shipped_weights(DEFAULT_MODEL, tag)
     if weights:
         print(f'[main] validating the shipped checkpoint {weights}')
         model = dict(model=name, pretrained=True)
