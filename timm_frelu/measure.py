@@ -4,6 +4,7 @@
 Timing goes through ``torch.utils.benchmark``, which synchronises CUDA around each measurement
 and runs at this process's thread count (its default is one thread).
 """
+import os
 import statistics
 from contextlib import nullcontext
 from typing import Callable, Dict, Hashable, Iterable, List, Optional
@@ -12,6 +13,10 @@ import torch
 import torch.nn.functional as F
 
 Step = Callable[[], None]
+
+
+# torch's own kernels and oneDNN's (convolutions) each read one of these.
+_CAPABILITY_CAPS = ('ATEN_CPU_CAPABILITY', 'ONEDNN_MAX_CPU_ISA')
 
 
 def machine_description() -> str:
@@ -25,8 +30,13 @@ def machine_description() -> str:
     except (OSError, StopIteration):
         pass
     gpu = f', GPU {torch.cuda.get_device_name(0)}' if torch.cuda.is_available() else ''
-    return (f'{cpu}, CPU capability {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads, '
-            f'torch {torch.__version__}{gpu}')
+    capability = torch.backends.cpu.get_cpu_capability()
+    # A capability capped by the environment emulates an older CPU on this one; say so, since
+    # the timings then come from this CPU's cores and caches, not the older CPU's.
+    capped = [f'{name}={os.environ[name]}' for name in _CAPABILITY_CAPS if os.environ.get(name)]
+    if capped:
+        capability += f" (capped by {' '.join(capped)})"
+    return f'{cpu}, CPU capability {capability}, {torch.get_num_threads()} threads, torch {torch.__version__}{gpu}'
 
 
 def _batch(model: torch.nn.Module, batch_size: int, channels_last: bool, device) -> torch.Tensor:
