@@ -81,10 +81,35 @@ def test_cpu_kernels_build_and_take_fp32_channels_last_input():
 @needs_compiler
 @pytest.mark.parametrize('channels, kernel_size, bias', [(3, 3, False), (12, 3, True), (16, 5, False), (32, 3, True)])
 def test_cpu_kernels_train_like_the_reference(channels, kernel_size, bias):
-    # 3, 12 and 16 or 32 channels take the kernels' 1-, 4- and 16-wide channel blocks; rows of 7
-    # pixels leave a remainder after the 4-pixel blocks.
+    # 3, 12 and 16 or 32 channels take the kernels' 1-, 4- and 16-wide (8-wide below AVX-512)
+    # channel blocks; 3x3 takes the unrolled conv, 5x5 the general one; rows of 7 pixels leave a
+    # remainder after the 4-pixel blocks.
     efficient, naive = _pair(channels, bias=bias, kernel_size=kernel_size)
     _assert_trains_like(efficient, naive, torch.randn(4, channels, 7, 7).to(memory_format=torch.channels_last))
+
+
+def _cpu_has(flag: str) -> bool:
+    try:
+        with open('/proc/cpuinfo') as f:
+            return any(line.startswith('flags') and flag in line.split() for line in f)
+    except OSError:
+        return False
+
+
+@needs_compiler
+@pytest.mark.slow
+@pytest.mark.skipif(not _cpu_has('avx512f'), reason='the AVX2 build is what this machine runs already')
+def test_cpu_kernels_built_for_avx2_train_like_the_reference():
+    # An AVX-512 machine runs the AVX2 build when torch's dispatch is capped, as on an AVX2 CPU.
+    env = dict(os.environ, ATEN_CPU_CAPABILITY='avx2')
+    code = ('from timm_frelu.layers.cpu_kernels import cpu_kernels\n'
+            'print(cpu_kernels().__name__)\n')
+    built = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300)
+    assert built.stdout.split() == ['timm_frelu_cpu_avx2'], built.stderr
+    tests = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', __file__,
+                            '-k', 'cpu_kernels_train_like or eval_matches or channels_last_inference'],
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert tests.returncode == 0, tests.stdout[-3000:]
 
 
 @pytest.mark.slow
