@@ -16,6 +16,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <memory>
 #include <cmath>
 #include <tuple>
 #include <type_traits>
@@ -62,6 +63,25 @@ void make_row(const float* __restrict__ x, const InputTransform& transform, int6
   }
 }
 
+// Floats whose first one starts a cache line, for buffers read with full-width vector loads: a
+// 64-byte load that straddles two lines costs two.
+class CacheAlignedFloats {
+ public:
+  explicit CacheAlignedFloats(int64_t n) : storage_(n + kLineFloats, 0.f) {
+    void* first = storage_.data();
+    size_t space = storage_.size() * sizeof(float);
+    data_ = static_cast<float*>(std::align(kLineBytes, n * sizeof(float), first, space));
+  }
+  float* data() { return data_; }
+  const float* data() const { return data_; }
+
+ private:
+  static constexpr size_t kLineBytes = 64;
+  static constexpr int64_t kLineFloats = kLineBytes / sizeof(float);
+  std::vector<float> storage_;
+  float* data_;
+};
+
 // The K input rows around an output row, each held with P zero pixels on either side, and rows
 // outside the image all zeros, so the conv needs no bounds checks. Walking down an image copies
 // one new row per output row.
@@ -69,7 +89,7 @@ class RowWindow {
  public:
   RowWindow(const float* input, const Geometry& g, const InputTransform& transform = {})
       : input_(input), transform_(transform), g_(g), padded_length_((g.W + 2 * g.P) * g.C),
-        buffer_(g.K * padded_length_, 0.f), key_of_slot_(g.K, kZeroRow), slot_of_tap_row_(g.K) {}
+        buffer_(g.K * padded_length_), key_of_slot_(g.K, kZeroRow), slot_of_tap_row_(g.K) {}
 
   void move_to(int64_t row) {
     const int64_t n = row / g_.H, h = row % g_.H;
@@ -101,7 +121,7 @@ class RowWindow {
   InputTransform transform_;
   Geometry g_;
   int64_t padded_length_;
-  std::vector<float> buffer_;
+  CacheAlignedFloats buffer_;
   std::vector<int64_t> key_of_slot_, slot_of_tap_row_;
 };
 
@@ -398,7 +418,7 @@ template <typename F>
 void for_each_row(const float* input, const InputTransform& transform, const Geometry& g, const F& row_op) {
   at::parallel_for(0, g.rows(), kRowGrain, [&](int64_t r0, int64_t r1) {
     RowWindow window(input, g, transform);
-    Floats scratch(g.row_length());
+    CacheAlignedFloats scratch(g.row_length());
     for (int64_t r = r0; r < r1; ++r) {
       window.move_to(r);
       row_op(window, r, scratch.data());
@@ -413,7 +433,7 @@ Doubles sum_each_row(const float* input, const InputTransform& transform, const 
                      const F& row_op) {
   return sum_over_row_chunks(g, width, [&](int64_t r0, int64_t r1, double* total) {
     RowWindow window(input, g, transform);
-    Floats scratch(g.row_length());
+    CacheAlignedFloats scratch(g.row_length());
     sum_rows(r0, r1, width, total, [&](int64_t r, float* partial) {
       window.move_to(r);
       row_op(window, r, scratch.data(), partial);
