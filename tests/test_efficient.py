@@ -107,7 +107,7 @@ def test_cpu_kernels_built_for_avx2_train_like_the_reference():
     built = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300)
     assert built.stdout.split() == ['timm_frelu_cpu_avx2'], built.stderr
     tests = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', __file__,
-                            '-k', 'cpu_kernels_train_like or eval_matches or channels_last_inference'],
+                            '-k', 'cpu_kernels_train_like or eval_matches or channels_last_inference or nan_propagates'],
                            env=env, capture_output=True, text=True, timeout=300)
     assert tests.returncode == 0, tests.stdout[-3000:]
 
@@ -139,6 +139,19 @@ def test_eval_matches_the_reference():
         module.eval()
     x = torch.randn(4, 8, 6, 6)
     assert torch.allclose(efficient(x), naive(x), atol=1e-5)
+
+
+@pytest.mark.parametrize('training', [True, False])
+@pytest.mark.parametrize('channels', [8, 16])
+def test_nan_propagates_like_the_reference(training, channels):
+    # torch.maximum keeps a NaN from either side; so must the kernels, in every vector width.
+    efficient, naive = _pair(channels)
+    x = torch.randn(2, channels, 6, 6).to(memory_format=torch.channels_last)
+    x[0, 1, 2, 3] = float('nan')
+    with torch.no_grad():
+        outputs = [module.train(training)(x) for module in (efficient, naive)]
+    assert outputs[1].isnan().any()
+    assert torch.equal(outputs[0].isnan(), outputs[1].isnan())
 
 
 def test_training_keeps_less_for_backward_than_the_reference():

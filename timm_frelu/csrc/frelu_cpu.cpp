@@ -146,14 +146,23 @@ inline void store(float* p, typename Lanes<B>::type v) {
 // for each other's results.
 constexpr int64_t kPixelBlock = 4;
 
+// nan_propagating_max (below) on B lanes.
+template <int B>
+inline typename Lanes<B>::type nan_propagating_max_lanes(typename Lanes<B>::type condition,
+                                                         typename Lanes<B>::type input) {
+  return (condition > input || condition != condition) ? condition : input;
+}
+
 // out_row = bias + the depthwise conv at the window's row; taps are [K * K][C]. B channels at a
-// time (a compile-time width), kPixelBlock pixels at a time. FixedK is the kernel size when it
-// is known at compile time (0: read it from g): the tap loops then unroll, which for 3x3 takes
-// half a pass's time off.
-template <int B, int FixedK>
+// time (a compile-time width), kPixelBlock pixels at a time; with MaxWithCenter, max(conv, a)
+// instead, FReLU's output, in the same pass. FixedK is the kernel size when it is known at
+// compile time (0: read it from g): the tap loops then unroll, which for 3x3 takes half a pass's
+// time off.
+template <int B, int FixedK, bool MaxWithCenter>
 void conv_row_of_size(const RowWindow& window, const float* __restrict__ taps, const float* __restrict__ bias,
                       const Geometry& g, float* __restrict__ out_row) {
   using V = typename Lanes<B>::type;
+  const float* center = window.center_row();
   const int64_t C = g.C, K = FixedK ? FixedK : g.K;
   for (int64_t cb = 0; cb < C; cb += B) {
     const V init = bias ? load<B>(bias + cb) : V{};
@@ -168,7 +177,10 @@ void conv_row_of_size(const RowWindow& window, const float* __restrict__ taps, c
           for (int64_t u = 0; u < kPixelBlock; ++u) acc[u] += tap * load<B>(row + (j + u) * C);
         }
       }
-      for (int64_t u = 0; u < kPixelBlock; ++u) store<B>(out_row + (w + u) * C + cb, acc[u]);
+      for (int64_t u = 0; u < kPixelBlock; ++u) {
+        if (MaxWithCenter) acc[u] = nan_propagating_max_lanes<B>(acc[u], load<B>(center + (w + u) * C + cb));
+        store<B>(out_row + (w + u) * C + cb, acc[u]);
+      }
     }
     for (; w < g.W; ++w) {
       V acc = init;
@@ -176,18 +188,19 @@ void conv_row_of_size(const RowWindow& window, const float* __restrict__ taps, c
         const float* row = window.tap_row(i) + w * C + cb;
         for (int64_t j = 0; j < K; ++j) acc += load<B>(taps + (i * K + j) * C + cb) * load<B>(row + j * C);
       }
+      if (MaxWithCenter) acc = nan_propagating_max_lanes<B>(acc, load<B>(center + w * C + cb));
       store<B>(out_row + w * C + cb, acc);
     }
   }
 }
 
-template <int B>
+template <int B, bool MaxWithCenter = false>
 void conv_row(const RowWindow& window, const float* __restrict__ taps, const float* __restrict__ bias,
               const Geometry& g, float* __restrict__ out_row) {
   if (g.K == 3) {
-    conv_row_of_size<B, 3>(window, taps, bias, g, out_row);
+    conv_row_of_size<B, 3, MaxWithCenter>(window, taps, bias, g, out_row);
   } else {
-    conv_row_of_size<B, 0>(window, taps, bias, g, out_row);
+    conv_row_of_size<B, 0, MaxWithCenter>(window, taps, bias, g, out_row);
   }
 }
 
@@ -260,11 +273,6 @@ void funnel_max(const float* __restrict__ conv, const float* __restrict__ scale,
     out[t] = nan_propagating_max(condition, input[t]);
     wins[t] = condition > input[t];
   }
-}
-
-void maximum(const float* __restrict__ condition, const float* __restrict__ input, float* __restrict__ out,
-             int64_t n) {
-  for (int64_t t = 0; t < n; ++t) out[t] = nan_propagating_max(condition[t], input[t]);
 }
 
 void add_norm_grad_sums(const float* __restrict__ conv, const float* __restrict__ grad, const uint8_t* __restrict__ wins,
@@ -554,9 +562,8 @@ at::Tensor inference(const at::Tensor& x, const at::Tensor& weight, const c10::o
   float* out_data = out.data_ptr<float>();
   with_channel_block(g.C, [&](auto block) {
     constexpr int B = decltype(block)::value;
-    for_each_row(in.x, InputTransform{}, g, [&](const RowWindow& window, int64_t r, float* conv) {
-      conv_row<B>(window, in.taps.data(), in.bias, g, conv);
-      maximum(conv, window.center_row(), out_data + r * L, L);
+    for_each_row(in.x, InputTransform{}, g, [&](const RowWindow& window, int64_t r, float*) {
+      conv_row<B, true>(window, in.taps.data(), in.bias, g, out_data + r * L);
     });
   });
   return out;
