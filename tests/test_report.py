@@ -4,6 +4,7 @@ import json
 import statistics
 
 import pytest
+from scipy import stats
 
 from conftest import make_image_folder
 from timm_frelu.cli import main as cli_main
@@ -52,6 +53,47 @@ def test_report_cells_are_the_mean_and_std_of_their_results_files(results_files,
     assert f"{float(frelu['top1_mean']):.2f} ± {float(frelu['top1_std']):.2f} (n=2)" in text
     for figure in ('accuracy.png', 'curves.png'):
         assert (out / figure).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_report_gives_frelu_minus_relu_with_a_welch_interval(results_files, tmp_path):
+    out = tmp_path / 'report'
+    assert cli_main(['report', *map(str, results_files), '--output', str(out), '--no-speed']) == 0
+    top1 = {act: [json.loads(p.read_text())['top1'] for p in results_files if p.name.startswith(act)]
+            for act in ('frelu', 'relu')}
+    # Welch's interval from its textbook formula, to check the report's against.
+    a, b = top1['frelu'], top1['relu']
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    difference = statistics.fmean(a) - statistics.fmean(b)
+    half = stats.t.ppf(0.975, dof) * (va + vb) ** 0.5
+    text = (out / 'report.md').read_text()
+    assert f'| {difference:+.2f} | {difference - half:+.2f} to {difference + half:+.2f} |' in text
+
+
+def test_report_keeps_recipes_and_flip_tta_apart(results_files, tmp_path):
+    # One more ReLU run from a recipe file in its own folder, and a flip-TTA eval of a first run.
+    data = tmp_path / 'data'
+    make_image_folder(data, num_classes=4, per_class=8)
+    recipe = tmp_path / 'zoo' / 'shortrecipe' / 'resnet20_relu_folder.yaml'
+    recipe.parent.mkdir(parents=True)
+    recipe.write_text('model: resnet20_relu\nepochs: 1\nbatch_size: 16\n')
+    run = train(parse_args(['-c', str(recipe), '--dataset', 'folder', '--data-dir', str(data), '--threads', '1',
+                            '--output', str(tmp_path / 'runs'), '--experiment', 'short']))
+    extra = []
+    for name, checkpoint, flags in (('short', run / 'last.pth.tar', []),
+                                    ('tta', json.loads(results_files[0].read_text())['weights']['file'], ['--tta-flip'])):
+        extra.append(tmp_path / f'{name}.json')
+        assert validate_main(['--model', 'resnet20_frelu' if name == 'tta' else 'resnet20_relu', '--num-classes', '4',
+                              '--checkpoint', str(checkpoint), '--dataset', 'folder', '--data-dir', str(data),
+                              '--results-file', str(extra[-1]), *flags]) == 0
+    out = tmp_path / 'report'
+    assert cli_main(['report', *map(str, results_files), *map(str, extra), '--output', str(out), '--no-speed']) == 0
+    with open(out / 'report.csv') as f:
+        cells = {(row['recipe'], row['data'], row['act']): row for row in csv.DictReader(f)}
+    assert cells['shortrecipe', 'folder/test', 'relu']['n'] == '1'
+    assert cells['-', 'folder/test', 'relu']['n'] == '2'
+    assert cells['-', 'folder/test, flip-TTA', 'frelu']['n'] == '1'
+    assert cells['-', 'folder/test', 'frelu']['n'] == '2'
 
 
 def test_report_rejects_files_that_are_not_results(tmp_path, capsys):

@@ -3,14 +3,18 @@
 Input: JSON files written by ``timm_frelu.validate --results-file`` (any models, datasets and
 seeds). Output, in one folder:
 
-* ``report.md``: top-1 mean ± std over seeds per architecture, dataset and activation, then a
-  detail table with params, MACs and train/inference images/s measured in the same run, and
-  the results files behind every cell;
+* ``report.md``: top-1 mean ± std over seeds per architecture, recipe, test data and
+  activation; FReLU minus ReLU with a 95% confidence interval (Welch's t) wherever both have two
+  seeds or more; then a detail table with params, MACs and train/inference images/s measured in
+  the same run, and the results files behind every cell;
 * ``report.csv``: the detail table as CSV;
 * ``accuracy.png``: grouped bars with error bars; ``curves.png``: eval top-1 against epoch
   from the training runs' ``summary.csv`` files, where the results name them.
 
-No number is typed in: every accuracy comes from a results file, every cost from a measurement.
+Activations are compared within a recipe only: the recipe is the folder of the training run's
+config (``zoo_configs/<recipe>/...``). Flip-TTA results are cells of their own, never averaged with
+plain ones. No number is typed in: every accuracy comes from a results file, every cost from a
+measurement.
 """
 import csv
 import json
@@ -47,10 +51,31 @@ def load_results(paths: Iterable[Path]) -> List[Dict[str, Any]]:
     return results
 
 
-def _key(result: Dict[str, Any]) -> Tuple[str, str, str]:
-    arch, _, act = result['model'].split('.')[0].rpartition('_')
+def recipe_of(result: Dict[str, Any]) -> str:
+    """The recipe a result's weights were trained with: its training config's folder
+    (``zoo_configs/<recipe>/<model>_<dataset>.yaml``), or ``-`` for a run without a config."""
+    config = (result.get('training') or {}).get('config')
+    return Path(config).parent.name if config else '-'
+
+
+def test_data_of(result: Dict[str, Any]) -> str:
     data = f"{result['data']['dataset']}/{result['data']['split']}"
-    return arch, data, act
+    return f'{data}, flip-TTA' if result.get('tta_flip') else data
+
+
+def _key(result: Dict[str, Any]) -> Tuple[str, str, str, str]:
+    arch, _, act = result['model'].split('.')[0].rpartition('_')
+    return arch, recipe_of(result), test_data_of(result), act
+
+
+def difference_interval(a: List[float], b: List[float], confidence: float = 0.95) -> Dict[str, float]:
+    """mean(a) - mean(b) with its confidence interval and p-value from Welch's t-test (unequal
+    variances), for two groups of independent runs."""
+    from scipy import stats
+    test = stats.ttest_ind(a, b, equal_var=False)
+    interval = test.confidence_interval(confidence)
+    return dict(difference=statistics.fmean(a) - statistics.fmean(b), low=float(interval.low),
+                high=float(interval.high), p_value=float(test.pvalue), confidence=confidence)
 
 
 def measure_speed(model_name: str, batch_size: int = 64, repeats: int = 3) -> Dict[str, float]:
@@ -62,19 +87,20 @@ def measure_speed(model_name: str, batch_size: int = 64, repeats: int = 3) -> Di
 
 
 def build_rows(results: List[Dict[str, Any]], speed: bool = True) -> List[Dict[str, Any]]:
-    groups: Dict[Tuple[str, str, str], List[Dict[str, Any]]] = {}
+    groups: Dict[Tuple[str, str, str, str], List[Dict[str, Any]]] = {}
     for result in results:
         groups.setdefault(_key(result), []).append(result)
     rows = []
     speeds: Dict[str, Dict[str, float]] = {}  # per model: one timing for its rows on every test set
-    for (arch, data, act), members in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], ACT_ORDER.get(kv[0][2], 99))):
+    for (arch, recipe, data, act), members in sorted(groups.items(), key=lambda kv: (*kv[0][:3], ACT_ORDER.get(kv[0][3], 99))):
         top1 = [m['top1'] for m in members]
         name = f'{arch}_{act}'
         cost = model_summary(name)
         row = dict(
-            arch=arch, data=data, act=act, n=len(top1),
+            arch=arch, recipe=recipe, data=data, act=act, n=len(top1),
             top1_mean=statistics.fmean(top1),
             top1_std=statistics.stdev(top1) if len(top1) > 1 else None,
+            top1_values=' '.join(f'{v:g}' for v in top1),
             seeds=' '.join(str((m.get('training') or {}).get('seed', '?')) for m in members),
             params_m=cost['params'] / 1e6, macs_g=cost['macs'] / 1e9,
             results_files=' '.join(m['results_file'] for m in members),
@@ -92,24 +118,47 @@ def _mean_std(row: Dict[str, Any]) -> str:
     return f"{row['top1_mean']:.2f}{std} (n={row['n']})"
 
 
+def frelu_minus_relu(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """FReLU minus ReLU top-1 per architecture, recipe and test data where both have 2+ runs."""
+    cells = {(r['arch'], r['recipe'], r['data'], r['act']): r for r in rows}
+    differences = []
+    for (arch, recipe, data, act), frelu in cells.items():
+        relu = cells.get((arch, recipe, data, 'relu'))
+        if act != 'frelu' or relu is None or min(frelu['n'], relu['n']) < 2:
+            continue
+        values = [[float(v) for v in cell['top1_values'].split()] for cell in (frelu, relu)]
+        differences.append(dict(arch=arch, recipe=recipe, data=data, n_frelu=frelu['n'], n_relu=relu['n'],
+                                **difference_interval(*values)))
+    return differences
+
+
 def markdown(rows: List[Dict[str, Any]]) -> str:
     acts = sorted({r['act'] for r in rows}, key=lambda a: ACT_ORDER.get(a, 99))
-    cells = {(r['arch'], r['data'], r['act']): r for r in rows}
-    lines = ['Top-1 (%), mean ± std over seeds (n runs):', '',
-             '| arch | test data | ' + ' | '.join(acts) + ' |', '| --- | --- | ' + ' | '.join('---' for _ in acts) + ' |']
-    for arch, data in sorted({(r['arch'], r['data']) for r in rows}):
-        values = [_mean_std(cells[arch, data, act]) if (arch, data, act) in cells else '' for act in acts]
-        lines.append(f'| `{arch}` | {data} | ' + ' | '.join(values) + ' |')
+    cells = {(r['arch'], r['recipe'], r['data'], r['act']): r for r in rows}
+    lines = ['Top-1 (%), mean ± std over seeds (n runs); compare within a recipe only:', '',
+             '| arch | recipe | test data | ' + ' | '.join(acts) + ' |',
+             '| --- | --- | --- | ' + ' | '.join('---' for _ in acts) + ' |']
+    for arch, recipe, data in sorted({(r['arch'], r['recipe'], r['data']) for r in rows}):
+        values = [_mean_std(cells[arch, recipe, data, act]) if (arch, recipe, data, act) in cells else '' for act in acts]
+        lines.append(f'| `{arch}` | `{recipe}` | {data} | ' + ' | '.join(values) + ' |')
+    differences = frelu_minus_relu(rows)
+    if differences:
+        lines += ['', "FReLU minus ReLU, top-1 points, with the 95% confidence interval of Welch's t-test:", '',
+                  '| arch | recipe | test data | FReLU - ReLU | 95% interval | p | runs (FReLU, ReLU) |',
+                  '| --- | --- | --- | --- | --- | --- | --- |']
+        for d in differences:
+            lines.append(f"| `{d['arch']}` | `{d['recipe']}` | {d['data']} | {d['difference']:+.2f} | "
+                         f"{d['low']:+.2f} to {d['high']:+.2f} | {d['p_value']:.2f} | {d['n_frelu']}, {d['n_relu']} |")
     has_speed = 'train_img_per_sec' in rows[0]
     lines += ['', 'Detail' + (f' (images/s in this run, batch 64, each model as it runs by default: {machine_description()}):'
                               if has_speed else ':'), '',
-              '| model | test data | top-1 | seeds | params (M) | MACs (G) |' + (' train img/s | infer img/s |' if has_speed else '')
-              + ' results files |',
-              '| --- | --- | --- | --- | --- | --- |' + (' --- | --- |' if has_speed else '') + ' --- |']
+              '| model | recipe | test data | top-1 | seeds | params (M) | MACs (G) |'
+              + (' train img/s | infer img/s |' if has_speed else '') + ' results files |',
+              '| --- | --- | --- | --- | --- | --- | --- |' + (' --- | --- |' if has_speed else '') + ' --- |']
     for r in rows:
         speed = f" {r['train_img_per_sec']:.0f} | {r['infer_img_per_sec']:.0f} |" if has_speed else ''
         files = ', '.join(f'`{f}`' for f in r['results_files'].split())
-        lines.append(f"| `{r['arch']}_{r['act']}` | {r['data']} | {_mean_std(r)} | {r['seeds']} | {r['params_m']:.3f} | "
+        lines.append(f"| `{r['arch']}_{r['act']}` | `{r['recipe']}` | {r['data']} | {_mean_std(r)} | {r['seeds']} | {r['params_m']:.3f} | "
                      f"{r['macs_g']:.3f} |{speed} {files} |")
     return '\n'.join(lines) + '\n'
 
@@ -122,14 +171,15 @@ def _plot_accuracy(rows: List[Dict[str, Any]], path: Path) -> None:
     acts = sorted({r['act'] for r in rows}, key=lambda a: ACT_ORDER.get(a, 99))
     fig, axes = plt.subplots(1, len(datas), figsize=(6 * len(datas), 4), squeeze=False)
     for ax, data in zip(axes[0], datas):
-        archs = sorted({r['arch'] for r in rows if r['data'] == data})
+        groups = sorted({(r['arch'], r['recipe']) for r in rows if r['data'] == data})
         width = 0.8 / len(acts)
         for i, act in enumerate(acts):
-            cells = [next((r for r in rows if (r['arch'], r['data'], r['act']) == (a, data, act)), None) for a in archs]
+            cells = [next((r for r in rows if (r['arch'], r['recipe'], r['data'], r['act']) == (*group, data, act)), None)
+                     for group in groups]
             xs = [j + i * width for j, c in enumerate(cells) if c]
             ax.bar(xs, [c['top1_mean'] for c in cells if c], width, label=act,
                    yerr=[c['top1_std'] or 0 for c in cells if c], capsize=3)
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(archs))], archs)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))], [f'{arch}\n{recipe}' for arch, recipe in groups])
         ax.set_title(data)
         ax.set_ylabel('top-1 (%)')
         lows = [r['top1_mean'] for r in rows if r['data'] == data]
@@ -147,19 +197,23 @@ def _plot_curves(results: List[Dict[str, Any]], path: Path) -> bool:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    panels = sorted({(_key(r)[0], r['training'].get('dataset')) for r in runs})
+    def panel(result: Dict[str, Any]) -> Tuple[str, str, str]:
+        arch, recipe, _, _ = _key(result)
+        return arch, recipe, result['training'].get('dataset')
+
+    panels = sorted({panel(r) for r in runs})
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
     seen = set()
-    for ax, (arch, dataset) in zip(axes[0], panels):
+    for ax, (arch, recipe, dataset) in zip(axes[0], panels):
         for r in runs:
-            if (_key(r)[0], r['training'].get('dataset')) != (arch, dataset) or r['training']['summary_csv'] in seen:
+            if panel(r) != (arch, recipe, dataset) or r['training']['summary_csv'] in seen:
                 continue
             seen.add(r['training']['summary_csv'])
             with open(r['training']['summary_csv']) as f:
                 rows = [row for row in csv.DictReader(f) if row.get('eval_top1')]
             ax.plot([int(row['epoch']) for row in rows], [float(row['eval_top1']) for row in rows],
-                    label=f"{_key(r)[2]} seed {r['training'].get('seed')}")
-        ax.set_title(f'{arch} on {dataset} (eval each epoch)')
+                    label=f"{_key(r)[3]} seed {r['training'].get('seed')}")
+        ax.set_title(f'{arch}, recipe {recipe}, on {dataset} (eval each epoch)')
         ax.set_xlabel('epoch')
         ax.set_ylabel('eval top-1 (%)')
         ax.legend(fontsize=7)
