@@ -14,7 +14,7 @@ import yaml
 from optuna.trial import TrialState
 
 from conftest import kill_when, make_image_folder
-from timm_frelu.sweep import load_sweep, run_sweep, write_report
+from timm_frelu.sweep import load_sweep, main as sweep_main, run_sweep, write_report
 from timm_frelu.train import parse_args
 
 # End to end: training runs in subprocesses or in-process. `pytest -m 'not slow'` leaves them out.
@@ -80,6 +80,54 @@ def test_killed_sweep_resumes_without_losing_finished_trials(sweep_file, tmp_pat
     assert len(after) == 4
     assert all(after[n] == v for n, v in before.items())
     assert 'Best configuration' in result.stdout
+
+
+def test_two_studies_try_each_others_best_and_rank_them_jointly(sweep_file, tmp_path):
+    # Two searches of one space on two models; the FReLU one has a choice the ReLU one calls otherwise.
+    base = yaml.safe_load(sweep_file.read_text())
+    files = {}
+    for act, choices in (('relu', ['none', 'norm_bias']), ('frelu', ['none', 'norm_bias', 'norm_bias_funnel'])):
+        spec = dict(base, study_name=f'pair-{act}', n_trials=2, args=dict(base['args'], model=f'resnet20_{act}'),
+                    params=dict(lr=base['params']['lr'],
+                                weight_decay_exclude=dict(type='categorical', choices=choices)))
+        if act == 'relu':
+            spec['aliases'] = {'weight_decay_exclude': {'norm_bias_funnel': 'norm_bias'}}
+        files[act] = tmp_path / f'{act}.yaml'
+        files[act].write_text(yaml.safe_dump(spec))
+    for seed, act in enumerate(('relu', 'frelu')):
+        assert sweep_main([str(files[act]), '--output', str(tmp_path), '--seed', str(seed)]) == 0
+    for act, other in (('relu', 'frelu'), ('frelu', 'relu')):
+        assert sweep_main([str(files[act]), '--output', str(tmp_path), '--enqueue-best-of', str(files[other]),
+                           '--top', '1']) == 0
+    studies = {act: optuna.load_study(study_name=f'pair-{act}', storage=f"sqlite:///{tmp_path / f'pair-{act}' / 'study.db'}")
+               for act in files}
+    for act, other in (('relu', 'frelu'), ('frelu', 'relu')):
+        queued = [t for t in studies[act].get_trials() if 'enqueued_from' in t.user_attrs]
+        assert len(queued) == 1 and queued[0].state in FINISHED  # the queued trial ran beyond the budget of 2
+        source_study, _, number = queued[0].user_attrs['enqueued_from'].rpartition(' trial ')
+        source = studies[other].trials[int(number)]
+        assert source_study == f'pair-{other}' and source.state == TrialState.COMPLETE
+        assert queued[0].params['lr'] == source.params['lr']
+    assert sweep_main([str(files['relu']), '--output', str(tmp_path), '--report-only', '--joint', str(files['frelu'])]) == 0
+    joint = (tmp_path / 'pair-relu' / 'joint-pair-frelu.md').read_text()
+    rows = [line for line in joint.splitlines() if line.startswith('| 1 ') or line.startswith('| 2 ')]
+    assert rows, joint
+    means = [float(row.split('|')[2]) for row in rows]
+    assert means == sorted(means, reverse=True)
+
+
+def test_enqueue_names_the_alias_a_value_outside_the_space_needs(sweep_file, tmp_path, capsys):
+    base = yaml.safe_load(sweep_file.read_text())
+    files = {}
+    for act, choices in (('relu', ['none', 'norm_bias']), ('frelu', ['norm_bias_funnel'])):
+        spec = dict(base, study_name=f'strict-{act}', n_trials=1, args=dict(base['args'], model=f'resnet20_{act}'),
+                    params=dict(weight_decay_exclude=dict(type='categorical', choices=choices)))
+        files[act] = tmp_path / f'{act}.yaml'
+        files[act].write_text(yaml.safe_dump(spec))
+    assert sweep_main([str(files['frelu']), '--output', str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert sweep_main([str(files['relu']), '--output', str(tmp_path), '--enqueue-best-of', str(files['frelu'])]) == 2
+    assert "aliases: {weight_decay_exclude: {'norm_bias_funnel': ...}}" in capsys.readouterr().err
 
 
 def _postgres_bin(name):

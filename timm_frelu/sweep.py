@@ -14,6 +14,7 @@ A sweep is a YAML file:
     pruner: median          # median (default), hyperband, successive_halving or none
     pruner_args: {n_warmup_steps: 5}   # keyword arguments of the Optuna pruner (optional)
     n_trials: 8             # the study's budget of finished trials
+    aliases: {weight_decay_exclude: {norm_bias_funnel: norm_bias}}   # optional, see below
 
 Each trial trains in-process with the training command's own code and writes a normal run
 folder ``<output>/<study>/trial-<n>/`` (args.yaml, summary.csv, checkpoints). Trials report
@@ -22,6 +23,12 @@ their metric every epoch, so bad ones are pruned early.
 Storage: by default an SQLite file beside the trials, so a killed sweep started again continues
 and keeps every finished trial. With ``--storage postgresql://...`` (Optuna's RDB backend),
 workers on several machines share one study; each stops when the study has ``n_trials``.
+
+Two studies of one search (the same recipe on two models, say) can try each other's best:
+``--enqueue-best-of OTHER.yaml --top 3`` queues the other study's best configurations as the
+next trials of this one (``aliases`` maps the other study's values that mean something else
+here), and ``--report-only --joint OTHER.yaml`` ranks the configurations both studies ran by
+the mean of their two objectives.
 """
 import argparse
 import logging
@@ -139,20 +146,98 @@ def make_objective(spec: Dict[str, Any], output: Path) -> Callable[[optuna.Trial
 
 def run_sweep(spec: Dict[str, Any], output: Path, storage: Optional[str] = None, n_trials: Optional[int] = None,
               seed: Optional[int] = None) -> optuna.Study:
-    """Run (or continue) the sweep until its study holds ``n_trials`` finished trials."""
+    """Run (or continue) the sweep until its study holds ``n_trials`` finished trials, and has run
+    every queued one."""
     output = Path(output) / spec['study_name']
     output.mkdir(parents=True, exist_ok=True)
-    storage = storage or f"sqlite:///{(output / 'study.db').resolve()}"
+    storage = storage or default_storage(spec, output.parent)
     budget = n_trials or spec.get('n_trials', 10)
     study = optuna.create_study(
         study_name=spec['study_name'], storage=storage, load_if_exists=True,
         direction=spec['objective'].get('direction', 'maximize'), sampler=_sampler(spec, seed), pruner=_pruner(spec))
     # Only finished trials count: one left RUNNING by a killed process is redone, not lost budget.
     finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+    # Queued trials (--enqueue-best-of) run even when the budget is already spent.
+    budget = max(budget, finished + len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))))
     if finished < budget:
         study.optimize(make_objective(spec, output), n_trials=budget - finished,
                        callbacks=[MaxTrialsCallback(budget, states=FINISHED)], catch=())
     return study
+
+
+def default_storage(spec: Dict[str, Any], output: Path) -> str:
+    return f"sqlite:///{(Path(output) / spec['study_name'] / 'study.db').resolve()}"
+
+
+def _ranked(study: optuna.Study, spec: Dict[str, Any]) -> List[optuna.trial.FrozenTrial]:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return sorted(complete, key=lambda t: t.value, reverse=spec['objective'].get('direction', 'maximize') == 'maximize')
+
+
+def translate_params(params: Dict[str, Any], spec: Dict[str, Any]) -> Dict[str, Any]:
+    """Another study's parameter values as this spec's: aliased, and checked against its space."""
+    aliases = spec.get('aliases') or {}
+    translated = {}
+    for name, p in spec['params'].items():
+        if name not in params:
+            raise SweepError(f'The other study has no parameter {name!r}; the two searches must share their parameters.')
+        value = aliases.get(name, {}).get(params[name], params[name])
+        inside = value in p['choices'] if p['type'] == 'categorical' else p['low'] <= value <= p['high']
+        if not inside:
+            raise SweepError(f"{name}={value!r} is outside {spec['study_name']}'s search space; "
+                             f"map it with the sweep file's aliases: {{{name}: {{{value!r}: ...}}}}.")
+        translated[name] = value
+    return translated
+
+
+def enqueue_best_of(study: optuna.Study, spec: Dict[str, Any], other: optuna.Study, other_spec: Dict[str, Any],
+                    top: int) -> List[Dict[str, Any]]:
+    """Queue the other study's ``top`` best configurations as this study's next trials (those it
+    has not run or queued already); returns what was queued."""
+    queued = []
+    for trial in _ranked(other, other_spec)[:top]:
+        params = translate_params(trial.params, spec)
+        if any(t.params == params for t in study.get_trials(deepcopy=False)):
+            continue
+        study.enqueue_trial(params, user_attrs={'enqueued_from': f'{other.study_name} trial {trial.number}'})
+        queued.append(params)
+    return queued
+
+
+def joint_ranking(study: optuna.Study, spec: Dict[str, Any], other: optuna.Study,
+                  other_spec: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The configurations both studies completed, best mean objective first."""
+    mine = {tuple(sorted(t.params.items())): t for t in _ranked(study, spec)}
+    rows = []
+    for trial in _ranked(other, other_spec):
+        try:
+            key = tuple(sorted(translate_params(trial.params, spec).items()))
+        except SweepError:
+            continue
+        if key in mine and not any(r['key'] == key for r in rows):
+            rows.append(dict(key=key, params=dict(key), trials=(mine[key].number, trial.number),
+                             values=(mine[key].value, trial.value), mean=(mine[key].value + trial.value) / 2))
+    reverse = spec['objective'].get('direction', 'maximize') == 'maximize'
+    return sorted(rows, key=lambda r: r['mean'], reverse=reverse)
+
+
+def write_joint_report(rows: List[Dict[str, Any]], spec: Dict[str, Any], other_spec: Dict[str, Any],
+                       output: Path) -> Path:
+    names = list(spec['params'])
+    a, b = spec['study_name'], other_spec['study_name']
+    metric = spec['objective']['metric']
+    lines = [f'# Configurations run by both {a} and {b}', '',
+             f'{metric}, last epoch, of each study and their mean (parameter values as {a} names them).', '',
+             f'| rank | mean | {a} (trial) | {b} (trial) | ' + ' | '.join(names) + ' |',
+             '| --- | --- | --- | --- | ' + ' | '.join('---' for _ in names) + ' |']
+    for rank, r in enumerate(rows, start=1):
+        lines.append(f"| {rank} | {r['mean']:.4f} | {r['values'][0]:.4f} ({r['trials'][0]}) | "
+                     f"{r['values'][1]:.4f} ({r['trials'][1]}) | " + ' | '.join(str(r['params'][n]) for n in names) + ' |')
+    if not rows:
+        lines.append('\nNo configuration was run by both yet: run each sweep with `--enqueue-best-of` the other.')
+    path = Path(output) / spec['study_name'] / f'joint-{b}.md'
+    write_text_atomic(path, '\n'.join(lines) + '\n')
+    return path
 
 
 def write_report(study: optuna.Study, spec: Dict[str, Any], output: Path, top: int = 5) -> Dict[str, Path]:
@@ -167,11 +252,10 @@ def write_report(study: optuna.Study, spec: Dict[str, Any], output: Path, top: i
 
     output = Path(output) / spec['study_name']
     metric = spec['objective']['metric']
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
+    ranked = _ranked(study, spec)
+    if not ranked:
         raise SweepError('No trial has completed yet; nothing to report.')
     reverse = spec['objective'].get('direction', 'maximize') == 'maximize'
-    ranked = sorted(complete, key=lambda t: t.value, reverse=reverse)
     names = list(spec['params'])
     counts = {state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,))) for state in TrialState}
     lines = [f"# Sweep {spec['study_name']}", '',
@@ -183,7 +267,7 @@ def write_report(study: optuna.Study, spec: Dict[str, Any], output: Path, top: i
         lines.append(f'| {rank} | {t.number} | {t.value:.4f} | ' + ' | '.join(str(t.params.get(n)) for n in names)
                      + f" | `{t.user_attrs.get('run_dir', '')}` |")
     paths = {}
-    if len(complete) >= 2 and len(names) >= 1:
+    if len(ranked) >= 2 and len(names) >= 1:
         importance = optuna.importance.get_param_importances(study)
         lines += ['', 'Parameter importance (fANOVA): ' + ', '.join(f'{k} {v:.2f}' for k, v in importance.items())]
         plt.figure()
@@ -219,15 +303,47 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--n-trials', type=int, default=None, help="the study's trial budget (default: the file's)")
     parser.add_argument('--seed', type=int, default=None, help='sampler seed')
     parser.add_argument('--report-only', action='store_true', help='write the report of the trials so far')
+    parser.add_argument('--enqueue-best-of', metavar='OTHER_SWEEP', default=None,
+                        help="first queue the best configurations of this other sweep's study (same --output and --storage)")
+    parser.add_argument('--top', type=int, default=3, help='how many of the other study\'s best to queue (default 3)')
+    parser.add_argument('--joint', metavar='OTHER_SWEEP', default=None,
+                        help='also rank the configurations both studies ran by their mean objective')
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return _run(args)
+    except SweepError as err:
+        print(f'timm-frelu sweep: {err}', file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     spec = load_sweep(Path(args.sweep))
+    output = Path(args.output)
+
+    def load(sweep_spec: Dict[str, Any]) -> optuna.Study:
+        try:
+            return optuna.load_study(study_name=sweep_spec['study_name'],
+                                     storage=args.storage or default_storage(sweep_spec, output))
+        except KeyError:
+            raise SweepError(f"No study {sweep_spec['study_name']!r} under {output} yet: run its sweep first.") from None
+
+    other_path = args.enqueue_best_of or args.joint
+    other_spec = load_sweep(Path(other_path)) if other_path else None
+    if args.enqueue_best_of:
+        (output / spec['study_name']).mkdir(parents=True, exist_ok=True)
+        study = optuna.create_study(study_name=spec['study_name'], storage=args.storage or default_storage(spec, output),
+                                    load_if_exists=True, direction=spec['objective'].get('direction', 'maximize'))
+        for params in enqueue_best_of(study, spec, load(other_spec), other_spec, args.top):
+            print(f"queued from {other_spec['study_name']}: {params}")
     if args.report_only:
-        storage = args.storage or f"sqlite:///{(Path(args.output) / spec['study_name'] / 'study.db').resolve()}"
-        study = optuna.load_study(study_name=spec['study_name'], storage=storage)
+        study = load(spec)
     else:
-        study = run_sweep(spec, Path(args.output), storage=args.storage, n_trials=args.n_trials, seed=args.seed)
-    paths = write_report(study, spec, Path(args.output))
+        study = run_sweep(spec, output, storage=args.storage, n_trials=args.n_trials, seed=args.seed)
+    paths = write_report(study, spec, output)
+    if args.joint:
+        paths['joint'] = write_joint_report(joint_ranking(study, spec, load(other_spec), other_spec), spec, other_spec, output)
+        print(paths['joint'].read_text())
     print(paths['report'].read_text())
     for kind, path in paths.items():
         print(f'{kind}: {path}')
