@@ -62,6 +62,14 @@ def test_sqlite_sweep_report_and_best_config(sweep_file, tmp_path):
     assert best_args.model == best.params['model'] and best_args.lr == pytest.approx(best.params['lr'])
 
 
+def test_a_resumed_seeded_sweep_does_not_replay_its_first_trials(sweep_file, tmp_path):
+    spec = load_sweep(sweep_file)
+    run_sweep(spec, tmp_path, n_trials=1, seed=0)
+    study = run_sweep(spec, tmp_path, n_trials=2, seed=0)
+    first, second = (t.params for t in study.get_trials(states=FINISHED))
+    assert first != second
+
+
 def test_killed_sweep_resumes_without_losing_finished_trials(sweep_file, tmp_path):
     storage = f"sqlite:///{tmp_path / 'tiny' / 'study.db'}"
 

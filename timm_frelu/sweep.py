@@ -154,7 +154,10 @@ def run_sweep(spec: Dict[str, Any], output: Path, storage: Optional[str] = None,
     budget = n_trials or spec.get('n_trials', 10)
     study = optuna.create_study(
         study_name=spec['study_name'], storage=storage, load_if_exists=True,
-        direction=spec['objective'].get('direction', 'maximize'), sampler=_sampler(spec, seed), pruner=_pruner(spec))
+        direction=spec['objective'].get('direction', 'maximize'), pruner=_pruner(spec))
+    # A sampler seeded alike at every start would replay its first picks on a resumed study (the
+    # trials it ran before, again): the seed goes on from the number of trials already there.
+    study.sampler = _sampler(spec, None if seed is None else seed + len(study.get_trials(deepcopy=False)))
     # Only finished trials count: one left RUNNING by a killed process is redone, not lost budget.
     finished = len(study.get_trials(deepcopy=False, states=FINISHED))
     # Queued trials (--enqueue-best-of) run even when the budget is already spent.
