@@ -16,8 +16,8 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <memory>
 #include <cmath>
+#include <memory>
 #include <tuple>
 #include <type_traits>
 #include <utility>
