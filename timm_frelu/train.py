@@ -200,7 +200,7 @@ def training_args(config: Optional[str] = None, **overrides: Any) -> argparse.Na
     return override_args(parse_args(['-c', str(config)] if config else []), overrides, 'timm-frelu-train')
 
 
-def _check_args(args: argparse.Namespace) -> None:
+def check_args(args: argparse.Namespace) -> None:
     """Reject values that would fail deep inside torch or timm, naming the flag to fix."""
     for flag, value, minimum in (('--lr', args.lr, 0.0), ('--lr-base', args.lr_base, 0.0)):
         if value is not None and value <= minimum:
@@ -294,7 +294,7 @@ def train(args: argparse.Namespace, epoch_callback: Optional[Callable[[int, Dict
     ``epoch_callback(epoch, metrics)`` runs after each epoch's checkpoint with the summary row's
     metrics (``train_loss``, ``eval_loss``, ``eval_top1``, ...); an exception it raises ends the run.
     """
-    _check_args(args)
+    check_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = init_distributed_device(args)

@@ -1,0 +1,78 @@
+"""The training queue: killed and run again it goes on, and two workers share it."""
+import csv
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import kill_when, make_image_folder
+from timm_frelu.cli import main as cli_main
+
+# End to end: training runs in subprocesses. `pytest -m 'not slow'` leaves them out.
+pytestmark = pytest.mark.slow
+
+EPOCHS = 3
+
+
+@pytest.fixture
+def queue_file(tmp_path):
+    data = make_image_folder(tmp_path / 'data', num_classes=3, per_class=8)
+    spec = dict(
+        output=str(tmp_path / 'runs'),
+        defaults=dict(dataset='folder', data_dir=str(data), epochs=EPOCHS, batch_size=12, threads=1, log_interval=100),
+        runs=[dict(experiment='first', args=dict(model='resnet20_relu', seed=0)),
+              dict(experiment='second', args=dict(model='resnet20_frelu', seed=1))],
+    )
+    path = tmp_path / 'queue.yaml'
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _queue_cmd(queue_file):
+    return [sys.executable, '-m', 'timm_frelu.cli', 'train-queue', str(queue_file)]
+
+
+def _epochs(run_dir):
+    with open(run_dir / 'summary.csv') as f:
+        return [int(row['epoch']) for row in csv.DictReader(f)]
+
+
+def test_a_killed_queue_run_again_finishes_without_redoing_a_run(queue_file, tmp_path):
+    runs = tmp_path / 'runs'
+    kill_when(_queue_cmd(queue_file), lambda: (runs / 'second' / 'last.pth.tar').is_file(), timeout=600)
+    assert _epochs(runs / 'first') == list(range(EPOCHS))
+    first_done = (runs / 'first' / 'last.pth.tar').stat().st_mtime_ns
+    result = subprocess.run(_queue_cmd(queue_file), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'first: done' in result.stdout and 'second: done' in result.stdout
+    assert (runs / 'first' / 'last.pth.tar').stat().st_mtime_ns == first_done
+    # Resumed, not restarted: every epoch once.
+    assert _epochs(runs / 'second') == list(range(EPOCHS))
+
+
+def test_two_workers_share_a_queue_and_train_each_run_once(queue_file, tmp_path):
+    workers = [subprocess.Popen(_queue_cmd(queue_file), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    outputs = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=600)
+        assert worker.returncode == 0, err[-3000:]
+        outputs.append(out)
+    for name in ('first', 'second'):
+        assert _epochs(tmp_path / 'runs' / name) == list(range(EPOCHS))
+    # Each worker either trained a run or saw it taken: both runs are done or taken in each report.
+    assert all(f'{name}: ' in out for out in outputs for name in ('first', 'second'))
+
+
+@pytest.mark.parametrize('runs, message', [
+    ([], 'has no runs'),
+    ([{'args': {'seed': 0}}], 'needs an experiment name'),
+    ([{'experiment': 'a'}, {'experiment': 'a'}], 'experiment names repeat'),
+    ([{'experiment': 'a', 'args': {'epochs': 0}}], 'run a:'),
+])
+def test_a_bad_queue_file_is_a_clear_error(tmp_path, capsys, runs, message):
+    path = tmp_path / 'queue.yaml'
+    path.write_text(yaml.safe_dump(dict(output=str(tmp_path / 'runs'), runs=runs)))
+    assert cli_main(['train-queue', str(path)]) == 2
+    assert message in capsys.readouterr().err
