@@ -194,23 +194,33 @@ void conv_row_of_size(const RowWindow& window, const float* __restrict__ taps, c
   }
 }
 
+// Calls f with the kernel size as a compile-time constant where the code is specialised for it
+// (3, FReLU's), else with 0: read it at run time.
+template <typename F>
+void with_kernel_size(int64_t K, const F& f) {
+  if (K == 3) {
+    f(std::integral_constant<int, 3>());
+  } else {
+    f(std::integral_constant<int, 0>());
+  }
+}
+
 template <int B, bool MaxWithCenter = false>
 void conv_row(const RowWindow& window, const float* __restrict__ taps, const float* __restrict__ bias,
               const Geometry& g, float* __restrict__ out_row) {
-  if (g.K == 3) {
-    conv_row_of_size<B, 3, MaxWithCenter>(window, taps, bias, g, out_row);
-  } else {
-    conv_row_of_size<B, 0, MaxWithCenter>(window, taps, bias, g, out_row);
-  }
+  with_kernel_size(g.K, [&](auto size) {
+    conv_row_of_size<B, decltype(size)::value, MaxWithCenter>(window, taps, bias, g, out_row);
+  });
 }
 
 // sum_taps[(i * K + j) * C + c] += sum over the row's pixels w of grad_row[w, c] * input[w + j - P, c]
 // in tap row i: the depthwise weight's gradient from one output row.
-template <int B>
-void add_tap_products(const RowWindow& window, const float* __restrict__ grad_row, const Geometry& g,
-                      float* __restrict__ sum_taps) {
+// FixedK as in conv_row_of_size.
+template <int B, int FixedK>
+void add_tap_products_of_size(const RowWindow& window, const float* __restrict__ grad_row, const Geometry& g,
+                              float* __restrict__ sum_taps) {
   using V = typename Lanes<B>::type;
-  const int64_t C = g.C, K = g.K;
+  const int64_t C = g.C, K = FixedK ? FixedK : g.K;
   for (int64_t cb = 0; cb < C; cb += B) {
     for (int64_t i = 0; i < K; ++i) {
       for (int64_t j = 0; j < K; ++j) {
@@ -229,6 +239,14 @@ void add_tap_products(const RowWindow& window, const float* __restrict__ grad_ro
       }
     }
   }
+}
+
+template <int B>
+void add_tap_products(const RowWindow& window, const float* __restrict__ grad_row, const Geometry& g,
+                      float* __restrict__ sum_taps) {
+  with_kernel_size(g.K, [&](auto size) {
+    add_tap_products_of_size<B, decltype(size)::value>(window, grad_row, g, sum_taps);
+  });
 }
 
 // Calls f with the widest channel block (16 where one register holds it, 8, 4 or 1) that divides
@@ -310,7 +328,7 @@ void flush(float* __restrict__ partial, double* __restrict__ total, int64_t n) {
 // row into float partial sums, which go into the doubles every kRowsPerFloatSum rows.
 template <typename F>
 void sum_rows(int64_t r0, int64_t r1, int64_t width, double* total, const F& sum_row) {
-  std::vector<float> partial(width, 0.f);
+  CacheAlignedFloats partial(width);
   for (int64_t r = r0; r < r1; ++r) {
     sum_row(r, partial.data());
     if ((r - r0 + 1) % kRowsPerFloatSum == 0 || r + 1 == r1) flush(partial.data(), total, width);
