@@ -275,14 +275,18 @@ def test_fused_model_is_inference_only_and_exports(tmp_path):
 @needs_compiler
 @pytest.mark.parametrize('training', [True, False])
 def test_a_plain_nchw_batch_takes_the_cpu_kernels(training):
-    """model(x) on an ordinary NCHW tensor: the first FReLU block moves the activation to the
-    kernels' layout, and the network carries on in it, with the reference's results."""
+    """model(x) on an ordinary NCHW tensor: the stem conv moves the input to the kernels' layout,
+    and the network carries on in it, with the reference's results."""
     model = _with_statistics(_randomize_batch_norms(timm.create_model('resnet20_frelu'))).train(training)
     naive = copy.deepcopy(model)
     for module in naive.modules():
         if isinstance(module, FReLU):
             module.efficient = False
+    stem_outputs = []
+    model.conv1.register_forward_hook(lambda module, args, out: stem_outputs.append(out))
     x = torch.randn(4, 3, 16, 16)
     features, expected = model.forward_features(x), naive.forward_features(x)
-    assert features.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(memory_format=torch.channels_last)
+    assert not x.is_contiguous(memory_format=torch.channels_last)
+    assert stem_outputs[0].is_contiguous(memory_format=torch.channels_last)
+    assert features.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(features, expected, atol=1e-5 * expected.abs().max().item())

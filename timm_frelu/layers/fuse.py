@@ -8,6 +8,7 @@ from timm.layers._fx import register_notrace_module
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .frelu import FReLU, fold_batch_norm, folded_funnel_max
+from .kernel_layout_conv import KernelLayoutConv2d
 
 __all__ = ['FusedFReLU', 'fuse']
 
@@ -41,17 +42,22 @@ class FusedFReLU(nn.Module):
         return folded_funnel_max(x, self.weight, self.bias)
 
 
+# Convs whose forward is the plain convolution, so that folding a BN into their weight and bias
+# is exact (a subclass with its own padding, say, may not be).
+_FOLDABLE_CONVS = (nn.Conv2d, KernelLayoutConv2d)
+
+
 def _fold_pairs(module: nn.Module) -> None:
     # timm's ResNets name each conv and its BN conv1/bn1, conv2/bn2, ...; downsample paths are
     # Sequential(conv, bn).
     for i in ('1', '2', '3'):
         conv, bn = getattr(module, f'conv{i}', None), getattr(module, f'bn{i}', None)
-        if type(conv) is nn.Conv2d and isinstance(bn, nn.BatchNorm2d):
+        if type(conv) in _FOLDABLE_CONVS and isinstance(bn, nn.BatchNorm2d):
             setattr(module, f'conv{i}', fuse_conv_bn_eval(conv, bn))
             setattr(module, f'bn{i}', nn.Identity())
     if isinstance(module, nn.Sequential):
         for j in range(len(module) - 1):
-            if type(module[j]) is nn.Conv2d and isinstance(module[j + 1], nn.BatchNorm2d):
+            if type(module[j]) in _FOLDABLE_CONVS and isinstance(module[j + 1], nn.BatchNorm2d):
                 module[j] = fuse_conv_bn_eval(module[j], module[j + 1])
                 module[j + 1] = nn.Identity()
     for name, child in module.named_children():

@@ -35,7 +35,7 @@ from timm.models._features import feature_take_indices
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet, make_blocks
 
 from ..data.constants import CIFAR10_CLASSES, CIFAR_MEAN_STD, CIFAR_NUM_CLASSES
-from ..layers import ACT_TITLES, BLOCK_ACTIVATIONS
+from ..layers import ACT_TITLES, BLOCK_ACTIVATIONS, KernelLayoutConv2d
 from ..zoo import PublishedWeights, WeightsNotFound, published_weights, resolve_weights, shipped_weights, tag_dataset
 from .blocks import ACT_LAYOUTS, block_classes
 
@@ -64,6 +64,8 @@ class CifarResNet(ResNet):
         drop_path_rate: Stochastic depth rate, rising linearly over the blocks.
         zero_init_last: Zero-init the last BN of each residual branch.
         act_layer: Activation of the stem (and of timm's own blocks).
+        kernel_layout_input: Move an fp32 CPU input to channels_last in the stem conv, so that a
+            network with FReLU runs in its CPU kernels' layout throughout.
         norm_layer: Normalisation layer.
         block_args: Extra keyword arguments for the blocks.
     """
@@ -83,6 +85,7 @@ class CifarResNet(ResNet):
             act_layer: LayerType = nn.ReLU,
             norm_layer: LayerType = nn.BatchNorm2d,
             block_args: Optional[Dict[str, Any]] = None,
+            kernel_layout_input: bool = False,
             device=None,
             dtype=None,
     ) -> None:
@@ -97,7 +100,8 @@ class CifarResNet(ResNet):
         act_layer = get_act_layer(act_layer)
         norm_layer = get_norm_layer(norm_layer)
 
-        self.conv1 = nn.Conv2d(in_chans, stem_width, kernel_size=3, stride=1, padding=1, bias=False, **dd)
+        stem_conv = KernelLayoutConv2d if kernel_layout_input else nn.Conv2d
+        self.conv1 = stem_conv(in_chans, stem_width, kernel_size=3, stride=1, padding=1, bias=False, **dd)
         self.bn1 = norm_layer(stem_width, **dd)
         self.act1 = act_layer(inplace=True)
         self.maxpool = nn.Identity()
@@ -171,6 +175,7 @@ def _create_resnet(variant: str, pretrained: bool = False, stem: str = 'cifar', 
     kwargs['block'] = block_classes(kwargs['block'], len(channels), block_act, act_layout)
     if stem == 'cifar':
         model_cls = CifarResNet
+        kwargs.setdefault('kernel_layout_input', block_act == 'frelu')
     else:
         if 'stem_width' in kwargs:
             raise ValueError(f'{variant} is a CIFAR ResNet; it is defined with the CIFAR stem only.')
