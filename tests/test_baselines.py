@@ -29,7 +29,8 @@ def test_every_arch_has_the_whole_comparison_family():
 
 def _structure(model):
     """(activation positions, everything else) of a model's module tree. A block counts as the timm
-    block it subclasses: the subclasses differ only in the activations they create."""
+    block it subclasses: the subclasses differ only in the activations they create; the FReLU
+    models' stem conv counts as the Conv2d it is, computing the same (it only picks the layout)."""
     acts, rest = [], {}
     inside_act = ()
     for name, module in model.named_modules():
@@ -39,7 +40,8 @@ def _structure(model):
             acts.append(name)
             inside_act = tuple(f'{a}.' for a in acts)
             continue
-        module_type = next((base for base in (BasicBlock, Bottleneck) if isinstance(module, base)), type(module))
+        module_type = next((base for base in (BasicBlock, Bottleneck, nn.Conv2d) if isinstance(module, base)),
+                           type(module))
         rest[name] = (module_type, [tuple(p.shape) for p in module.parameters(recurse=False)])
     return acts, rest
 
