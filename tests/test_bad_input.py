@@ -77,7 +77,7 @@ def test_main_job_without_test_data_fails_and_says_why_in_full(tmp_path):
     assert result.returncode == 2
     assert 'nothing was validated' in _error_line(result) and 'TIMM_FRELU_SHARED_DATA' in _error_line(result)
     # The reasons are printed whole, fix included.
-    assert f'Set TIMM_FRELU_SHARED_DATA to the folder that holds cifar10-lossless-subset.tar.xz and SHA256SUMS.' in result.stdout
+    assert 'Set TIMM_FRELU_SHARED_DATA to the folder that holds cifar10-lossless-subset.tar.xz and SHA256SUMS.' in result.stdout
 
 
 def test_publish_a_fine_tuned_head_is_refused_before_any_work(tmp_path):

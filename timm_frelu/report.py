@@ -100,7 +100,7 @@ def build_rows(results: List[Dict[str, Any]], speed: bool = True) -> List[Dict[s
             arch=arch, recipe=recipe, data=data, act=act, n=len(top1),
             top1_mean=statistics.fmean(top1),
             top1_std=statistics.stdev(top1) if len(top1) > 1 else None,
-            top1_values=' '.join(f'{v:g}' for v in top1),
+            top1_values=' '.join(map(str, top1)),  # str(float) reads back as the same float
             seeds=' '.join(str((m.get('training') or {}).get('seed', '?')) for m in members),
             params_m=cost['params'] / 1e6, macs_g=cost['macs'] / 1e9,
             results_files=' '.join(m['results_file'] for m in members),

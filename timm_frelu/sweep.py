@@ -61,12 +61,16 @@ def load_sweep(path: Path) -> Dict[str, Any]:
             raise SweepError(f'{path} has no {key!r}; see `timm_frelu.sweep` for the sweep file format.')
     if spec.get('recipe'):
         spec['recipe'] = str((Path(path).parent / spec['recipe']).resolve())
-    if spec['objective'].get('direction', 'maximize') not in ('maximize', 'minimize'):
-        raise SweepError(f"objective.direction must be maximize or minimize, not {spec['objective']['direction']!r}.")
+    if direction(spec) not in ('maximize', 'minimize'):
+        raise SweepError(f'objective.direction must be maximize or minimize, not {direction(spec)!r}.')
     for name, p in spec['params'].items():
         if p.get('type') not in ('categorical', 'int', 'float'):
             raise SweepError(f'Parameter {name!r} needs type categorical, int or float.')
     return spec
+
+
+def direction(spec: Dict[str, Any]) -> str:
+    return spec['objective'].get('direction', 'maximize')
 
 
 def suggest(trial: optuna.Trial, params: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
@@ -148,13 +152,9 @@ def run_sweep(spec: Dict[str, Any], output: Path, storage: Optional[str] = None,
               seed: Optional[int] = None) -> optuna.Study:
     """Run (or continue) the sweep until its study holds ``n_trials`` finished trials, and has run
     every queued one."""
-    output = Path(output) / spec['study_name']
-    output.mkdir(parents=True, exist_ok=True)
-    storage = storage or default_storage(spec, output.parent)
     budget = n_trials or spec.get('n_trials', 10)
-    study = optuna.create_study(
-        study_name=spec['study_name'], storage=storage, load_if_exists=True,
-        direction=spec['objective'].get('direction', 'maximize'), pruner=_pruner(spec))
+    study = open_study(spec, output, storage, pruner=_pruner(spec))
+    output = Path(output) / spec['study_name']
     # A sampler seeded alike at every start would replay its first picks on a resumed study (the
     # trials it ran before, again): the seed goes on from the number of trials already there.
     study.sampler = _sampler(spec, None if seed is None else seed + len(study.get_trials(deepcopy=False)))
@@ -172,9 +172,17 @@ def default_storage(spec: Dict[str, Any], output: Path) -> str:
     return f"sqlite:///{(Path(output) / spec['study_name'] / 'study.db').resolve()}"
 
 
+def open_study(spec: Dict[str, Any], output: Path, storage: Optional[str] = None,
+               pruner: Optional[optuna.pruners.BasePruner] = None) -> optuna.Study:
+    """The sweep's study, created on first use: in ``storage``, else SQLite in its folder."""
+    (Path(output) / spec['study_name']).mkdir(parents=True, exist_ok=True)
+    return optuna.create_study(study_name=spec['study_name'], storage=storage or default_storage(spec, output),
+                               load_if_exists=True, direction=direction(spec), pruner=pruner)
+
+
 def _ranked(study: optuna.Study, spec: Dict[str, Any]) -> List[optuna.trial.FrozenTrial]:
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return sorted(complete, key=lambda t: t.value, reverse=spec['objective'].get('direction', 'maximize') == 'maximize')
+    return sorted(complete, key=lambda t: t.value, reverse=direction(spec) == 'maximize')
 
 
 def translate_params(params: Dict[str, Any], spec: Dict[str, Any]) -> Dict[str, Any]:
@@ -211,17 +219,17 @@ def joint_ranking(study: optuna.Study, spec: Dict[str, Any], other: optuna.Study
                   other_spec: Dict[str, Any]) -> List[Dict[str, Any]]:
     """The configurations both studies completed, best mean objective first."""
     mine = {tuple(sorted(t.params.items())): t for t in _ranked(study, spec)}
-    rows = []
+    rows, seen = [], set()
     for trial in _ranked(other, other_spec):
         try:
             key = tuple(sorted(translate_params(trial.params, spec).items()))
         except SweepError:
             continue
-        if key in mine and not any(r['key'] == key for r in rows):
-            rows.append(dict(key=key, params=dict(key), trials=(mine[key].number, trial.number),
+        if key in mine and key not in seen:
+            seen.add(key)
+            rows.append(dict(params=dict(key), trials=(mine[key].number, trial.number),
                              values=(mine[key].value, trial.value), mean=(mine[key].value + trial.value) / 2))
-    reverse = spec['objective'].get('direction', 'maximize') == 'maximize'
-    return sorted(rows, key=lambda r: r['mean'], reverse=reverse)
+    return sorted(rows, key=lambda r: r['mean'], reverse=direction(spec) == 'maximize')
 
 
 def write_joint_report(rows: List[Dict[str, Any]], spec: Dict[str, Any], other_spec: Dict[str, Any],
@@ -258,11 +266,10 @@ def write_report(study: optuna.Study, spec: Dict[str, Any], output: Path, top: i
     ranked = _ranked(study, spec)
     if not ranked:
         raise SweepError('No trial has completed yet; nothing to report.')
-    reverse = spec['objective'].get('direction', 'maximize') == 'maximize'
     names = list(spec['params'])
     counts = {state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,))) for state in TrialState}
     lines = [f"# Sweep {spec['study_name']}", '',
-             f"Objective: {metric} ({'max' if reverse else 'min'}imize), last epoch of each trial. Trials: "
+             f"Objective: {metric} ({direction(spec)}), last epoch of each trial. Trials: "
              + ', '.join(f'{n} {k}' for k, n in counts.items() if n) + '.', '',
              f'| rank | trial | {metric} | ' + ' | '.join(names) + ' | run folder |',
              '| --- | --- | --- | ' + ' | '.join('---' for _ in names) + ' | --- |']
@@ -334,9 +341,7 @@ def _run(args: argparse.Namespace) -> int:
     other_path = args.enqueue_best_of or args.joint
     other_spec = load_sweep(Path(other_path)) if other_path else None
     if args.enqueue_best_of:
-        (output / spec['study_name']).mkdir(parents=True, exist_ok=True)
-        study = optuna.create_study(study_name=spec['study_name'], storage=args.storage or default_storage(spec, output),
-                                    load_if_exists=True, direction=spec['objective'].get('direction', 'maximize'))
+        study = open_study(spec, output, args.storage)
         for params in enqueue_best_of(study, spec, load(other_spec), other_spec, args.top):
             print(f"queued from {other_spec['study_name']}: {params}")
     if args.report_only:
