@@ -45,7 +45,8 @@ def published(run_dir, data_dir, tmp_path_factory):
 
 def test_published_folder_holds_fp16_ema_weights_config_results_and_card(published, run_dir, data_dir):
     assert {p.name for p in published.iterdir()} == {
-        'model.safetensors', 'config.json', 'results.json', 'README.md', 'recipe.yaml', 'summary.csv', 'frelu.png'}
+        'model.safetensors', 'config.json', 'results.json', 'README.md', 'recipe.yaml', 'summary.csv', 'frelu.png',
+        'learning_curve.png'}
     weights = load_file(published / 'model.safetensors')
     assert weights['conv1.weight'].dtype == torch.float16 and weights['layer1.0.act1.bn.num_batches_tracked'].dtype == torch.int64
     checkpoint = torch.load(run_dir / 'last.pth.tar', weights_only=False)
@@ -62,6 +63,8 @@ def test_published_folder_holds_fp16_ema_weights_config_results_and_card(publish
     assert card.data.library_name == 'timm'
     assert [r.metric_value for r in card.data.eval_results] == [round(recorded['top1'], 2)]
     assert f"{recorded['top1']:.2f}" in card.text and 'Funnel' in card.text and results['weights_sha256'] in card.text
+    assert '![learning curve](learning_curve.png)' in card.text and 'the published ones are from epoch 1.' in card.text
+    assert (published / 'learning_curve.png').read_bytes().startswith(b'\x89PNG')
 
 
 def test_local_dir_loading_gives_the_published_model(published):
@@ -75,7 +78,8 @@ def test_republishing_replaces_the_folder_whole(published, run_dir, data_dir):
                     weights='model', dtype='float32', figure=False)
     assert again == published
     assert json.loads((published / 'results.json').read_text())['weights_dtype'] == 'float32'
-    assert not (published / 'frelu.png').exists()
+    assert not (published / 'frelu.png').exists() and not (published / 'learning_curve.png').exists()
+    assert 'learning_curve.png' not in (published / 'README.md').read_text()
     assert [p.name for p in published.parent.iterdir()] == [NAME]  # no staging or backup left behind
     publish(run_dir, NAME, output_root=published.parent, eval_datasets=['folder'], data_dir=str(data_dir))
 
@@ -177,7 +181,8 @@ def test_incomplete_folder_and_dry_run_send_nothing(hub, published, tmp_path, ca
         push(incomplete, endpoint=hub.endpoint, token=TOKEN)
     push(published, endpoint=hub.endpoint, token=TOKEN, dry_run=True)
     out = capsys.readouterr().out
-    assert f'would push 7 files as one commit to {hub.endpoint}/timm-frelu/{NAME}' in out
+    files = len(list(published.iterdir()))
+    assert f'would push {files} files as one commit to {hub.endpoint}/timm-frelu/{NAME}' in out
     assert file_sha256(published / 'model.safetensors') in out
     assert hub.state.log == []
 

@@ -130,7 +130,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     publish.add_argument('--dtype', choices=('float16', 'float32', 'bfloat16'), default='float16', help='storage dtype')
     publish.add_argument('--eval-dataset', nargs='+', default=['shared/cifar10-jpeg', 'shared/cifar10-lossless'])
     publish.add_argument('--data-dir', default=None)
-    publish.add_argument('--no-figure', action='store_true', help='skip the FReLU figure')
+    publish.add_argument('--no-figure', action='store_true', help="skip the figures: the FReLU model's funnel conditions and the learning curve")
     publish.set_defaults(run=_publish)
     push = commands.add_parser('push', help='upload a checkpoint folder to the Hugging Face Hub as one commit')
     push.add_argument('folder')

@@ -24,6 +24,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import timm
 
+from .figures import pyplot, read_epochs
 from .measure import inference_step, interleaved_medians, machine_description, training_step
 from .models import ACTS
 from .summary import model_summary
@@ -164,9 +165,7 @@ def markdown(rows: List[Dict[str, Any]]) -> str:
 
 
 def _plot_accuracy(rows: List[Dict[str, Any]], path: Path) -> None:
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     datas = sorted({r['data'] for r in rows})
     acts = sorted({r['act'] for r in rows}, key=lambda a: ACT_ORDER.get(a, 99))
     fig, axes = plt.subplots(1, len(datas), figsize=(6 * len(datas), 4), squeeze=False)
@@ -194,9 +193,7 @@ def _plot_curves(results: List[Dict[str, Any]], path: Path) -> bool:
     runs = [r for r in results if (r.get('training') or {}).get('summary_csv') and Path(r['training']['summary_csv']).is_file()]
     if not runs:
         return False
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     def panel(result: Dict[str, Any]) -> Tuple[str, str, str]:
         arch, recipe, _, _ = _key(result)
         return arch, recipe, result['training'].get('dataset')
@@ -209,9 +206,8 @@ def _plot_curves(results: List[Dict[str, Any]], path: Path) -> bool:
             if panel(r) != (arch, recipe, dataset) or r['training']['summary_csv'] in seen:
                 continue
             seen.add(r['training']['summary_csv'])
-            with open(r['training']['summary_csv']) as f:
-                rows = [row for row in csv.DictReader(f) if row.get('eval_top1')]
-            ax.plot([int(row['epoch']) for row in rows], [float(row['eval_top1']) for row in rows],
+            epochs = read_epochs(r['training']['summary_csv'])
+            ax.plot([int(e['epoch']) for e in epochs], [e['eval_top1'] for e in epochs],
                     label=f"{_key(r)[3]} seed {r['training'].get('seed')}")
         ax.set_title(f'{arch}, recipe {recipe}, on {dataset} (eval each epoch)')
         ax.set_xlabel('epoch')

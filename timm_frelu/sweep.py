@@ -43,6 +43,7 @@ import yaml
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
+from .figures import pyplot
 from .fileio import write_text_atomic
 from .train import train, training_args
 
@@ -255,11 +256,9 @@ def write_report(study: optuna.Study, spec: Dict[str, Any], output: Path, top: i
     """Best trials (markdown), parameter importance and history figures, and the best config YAML."""
     import warnings
 
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as optuna_plots
     warnings.filterwarnings('ignore', category=optuna.exceptions.ExperimentalWarning)
+    plt = pyplot()
 
     output = Path(output) / spec['study_name']
     metric = spec['objective']['metric']

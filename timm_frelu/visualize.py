@@ -15,6 +15,7 @@ from timm.models import create_model
 
 from .checkpoint import load_weights
 from .data import load_split
+from .figures import pyplot
 from .layers import FReLU
 
 
@@ -44,15 +45,8 @@ def funnel_maps(model: torch.nn.Module, image: torch.Tensor) -> Dict[str, Dict[s
     return captured
 
 
-def _plt():
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def plot_kernels(model: torch.nn.Module, path: Path, channels: int = 16) -> None:
-    plt = _plt()
+    plt = pyplot()
     layers = frelu_layers(model)
     fig, axes = plt.subplots(len(layers), 1, figsize=(channels * 0.6, len(layers) * 0.75), squeeze=False)
     for ax, (name, layer) in zip(axes[:, 0], layers.items()):
@@ -75,7 +69,7 @@ def plot_conditions(maps: Dict[str, Dict[str, torch.Tensor]], image_u8: torch.Te
     """For one image, a column per FReLU layer (at most ``max_layers``, evenly spaced from the
     first to the last): x of one channel, T(x), where T(x) wins, and in what share of channels.
     Landscape, with labels readable where the Hub shows the card."""
-    plt = _plt()
+    plt = pyplot()
     names = list(maps)
     if len(names) > max_layers:
         names = [names[round(i * (len(names) - 1) / (max_layers - 1))] for i in range(max_layers)]

@@ -16,6 +16,8 @@ from ..zoo import hub_repo_id, tag_dataset
 from ..summary import model_summary
 from .provenance import dataset_id, describe_test_data, describe_training_data, reproduce_command
 
+LEARNING_CURVE_FILENAME = 'learning_curve.png'
+
 RECIPE_KEYS = ('epochs', 'opt', 'lr', 'momentum', 'weight_decay', 'batch_size', 'sched', 'decay_milestones',
                'warmup_epochs', 'smoothing', 'model_ema', 'model_ema_decay', 'mixup', 'cutmix', 'aa', 'cutout',
                'crop_padding', 'hflip', 'seed', 'dataset')
@@ -108,6 +110,11 @@ def render_card(name_tag: str, results: Dict[str, Any], run_args: Dict[str, Any]
         lines += [f'Trained on {describe_training_data(run_args)}. To repeat the run:', '',
                   f'    {reproduce_command(run_args)}', '',
                   'Full arguments: `recipe.yaml`; epoch by epoch: `summary.csv`.', '']
+    if (folder / LEARNING_CURVE_FILENAME).is_file():
+        epoch = results.get('source_epoch')
+        lines += [f'![learning curve]({LEARNING_CURVE_FILENAME})', '',
+                  'The run\'s own log, epoch by epoch (`summary.csv`): the eval data was watched, not used to '
+                  'choose the weights' + (f'; the published ones are from epoch {epoch + 1}.' if epoch is not None else '.'), '']
     else:
         lines += ['No training arguments were recorded with this checkpoint.', '']
     lines += [

@@ -30,7 +30,8 @@ from ..checkpoint import CheckpointError, read_checkpoint
 from ..data.constants import CIFAR_NUM_CLASSES
 from ..zoo import RESULTS_FILENAME, WEIGHTS_FILENAME, build_manifest, checkpoints_dir, tag_dataset, write_manifest
 from ..validate import validate, validation_args
-from .card import render_card
+from ..figures import plot_learning_curve
+from .card import LEARNING_CURVE_FILENAME, render_card
 from .provenance import portable_args, portable_source
 
 DEFAULT_EVAL_DATASETS = ('shared/cifar10-jpeg', 'shared/cifar10-lossless')
@@ -132,6 +133,8 @@ def publish(
         )
         write_json_atomic(stage / RESULTS_FILENAME, results)
         has_figure = figure and _draw_figure(f'{name}.{dataset}', stage, data_dir)
+        if figure and (stage / 'summary.csv').is_file():
+            _draw_learning_curve(name_tag, stage, run_args)
         (stage / 'README.md').write_text(render_card(name_tag, results, run_args, stage, has_figure))
 
         # mkdtemp makes a private folder; a published one is readable like any checkout.
@@ -213,3 +216,13 @@ def _draw_figure(model_name: str, stage: Path, data_dir: Optional[str]) -> bool:
             return False
         shutil.copy(conditions, stage / 'frelu.png')
     return True
+
+
+def _draw_learning_curve(name_tag: str, stage: Path, run_args: Dict[str, Any]) -> None:
+    eval_data = f"{run_args.get('dataset', 'eval data')}/{run_args.get('val_split', 'test')}"
+    weights = 'EMA weights' if run_args.get('model_ema') else 'weights'
+    try:
+        plot_learning_curve(stage / 'summary.csv', stage / LEARNING_CURVE_FILENAME,
+                            f'{name_tag}: training run, epoch by epoch', f'{eval_data} ({weights})')
+    except ValueError as err:  # a summary without evaluated epochs: the card goes without the curve
+        print(f'publish: no learning curve ({err})')
