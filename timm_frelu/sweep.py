@@ -285,11 +285,11 @@ def write_report(study: optuna.Study, spec: Dict[str, Any], output: Path, top: i
         paths['importance'] = output / 'param_importances.png'
         plt.savefig(paths['importance'], dpi=110)
         plt.close('all')
-    optuna_plots.plot_optimization_history(study)
-    plt.tight_layout()
-    paths['history'] = output / 'optimization_history.png'
-    plt.savefig(paths['history'], dpi=110)
-    plt.close('all')
+    for key, plot in (('history', optuna_plots.plot_optimization_history), ('slices', optuna_plots.plot_slice)):
+        plot(study)
+        paths[key] = output / f'{plot.__name__[len("plot_"):]}.png'
+        plt.savefig(paths[key], dpi=110, bbox_inches='tight')  # tight_layout can't place a slice plot's colorbar
+        plt.close('all')
 
     best = ranked[0]
     best_config = dict(yaml.safe_load(Path(spec['recipe']).read_text()) if spec.get('recipe') else {})
