@@ -88,6 +88,9 @@ def test_killed_sweep_resumes_without_losing_finished_trials(sweep_file, tmp_pat
     assert len(after) == 4
     assert all(after[n] == v for n, v in before.items())
     assert 'Best configuration' in result.stdout
+    left_running = optuna.load_study(study_name='tiny', storage=storage).get_trials(states=(TrialState.RUNNING,))
+    report = (tmp_path / 'tiny' / 'report.md').read_text()
+    assert (f'{len(left_running)} unfinished (' in report) == bool(left_running) and ' running' not in report
 
 
 def test_two_studies_try_each_others_best_and_rank_them_jointly(sweep_file, tmp_path):

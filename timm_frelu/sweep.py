@@ -266,7 +266,10 @@ def write_report(study: optuna.Study, spec: Dict[str, Any], output: Path, top: i
     if not ranked:
         raise SweepError('No trial has completed yet; nothing to report.')
     names = list(spec['params'])
-    counts = {state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,))) for state in TrialState}
+    # Storage can't tell a trial training now from one whose worker was killed: both are RUNNING.
+    labels = {TrialState.RUNNING: 'unfinished (training now, or cut off by a stopped worker and not counted)'}
+    counts = {labels.get(state, state.name.lower()): len(study.get_trials(deepcopy=False, states=(state,)))
+              for state in TrialState}
     lines = [f"# Sweep {spec['study_name']}", '',
              f"Objective: {metric} ({direction(spec)}), last epoch of each trial. Trials: "
              + ', '.join(f'{n} {k}' for k, n in counts.items() if n) + '.', '',
