@@ -56,6 +56,7 @@ def test_sqlite_sweep_report_and_best_config(sweep_file, tmp_path):
     report = paths['report'].read_text()
     best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     assert f'| 1 | {best.number} | {best.value:.4f} |' in report
+    assert all(f'| {t.number} |' in report and f'- trial {t.number}: `python -m timm_frelu.train ' in report for t in trials)
     for figure in ('history', 'importance', 'slices'):
         assert paths[figure].read_bytes().startswith(b'\x89PNG')
     best_args = parse_args(['-c', str(paths['best'])])

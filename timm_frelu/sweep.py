@@ -44,6 +44,7 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
 from .figures import pyplot
+from .hub.provenance import reproduce_command
 from .fileio import write_text_atomic
 from .train import train, training_args
 
@@ -252,8 +253,9 @@ def write_joint_report(rows: List[Dict[str, Any]], spec: Dict[str, Any], other_s
     return path
 
 
-def write_report(study: optuna.Study, spec: Dict[str, Any], output: Path, top: int = 5) -> Dict[str, Path]:
-    """Best trials (markdown), parameter importance and history figures, and the best config YAML."""
+def write_report(study: optuna.Study, spec: Dict[str, Any], output: Path) -> Dict[str, Path]:
+    """Every finished trial (markdown; the completed ones ranked, then the pruned ones, with the
+    command that repeats each), parameter importance and figures, and the best config YAML."""
     import warnings
 
     from optuna.visualization import matplotlib as optuna_plots
@@ -275,9 +277,18 @@ def write_report(study: optuna.Study, spec: Dict[str, Any], output: Path, top: i
              + ', '.join(f'{n} {k}' for k, n in counts.items() if n) + '.', '',
              f'| rank | trial | {metric} | ' + ' | '.join(names) + ' | run folder |',
              '| --- | --- | --- | ' + ' | '.join('---' for _ in names) + ' | --- |']
-    for rank, t in enumerate(ranked[:top], start=1):
-        lines.append(f'| {rank} | {t.number} | {t.value:.4f} | ' + ' | '.join(str(t.params.get(n)) for n in names)
-                     + f" | `{t.user_attrs.get('run_dir', '')}` |")
+    pruned = sorted(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)),
+                    key=lambda t: t.intermediate_values[t.last_step], reverse=direction(spec) == 'maximize')
+    for rank, t in enumerate(ranked + pruned, start=1):
+        value = (f'{t.value:.4f}' if t.state == TrialState.COMPLETE
+                 else f'{t.intermediate_values[t.last_step]:.4f}, pruned after {t.last_step + 1} epochs')
+        lines.append(f"| {rank if t.state == TrialState.COMPLETE else '-'} | {t.number} | {value} | "
+                     + ' | '.join(str(t.params.get(n)) for n in names) + f" | `{t.user_attrs.get('run_dir', '')}` |")
+    commands = [(t.number, Path(t.user_attrs.get('run_dir', '')) / 'args.yaml') for t in ranked + pruned]
+    commands = [(number, reproduce_command(yaml.safe_load(path.read_text()))) for number, path in commands if path.is_file()]
+    if commands:
+        lines += ['', 'Each trial again, from its `args.yaml` (the command of a pruned trial trains all its epochs):', '']
+        lines += [f'- trial {number}: `{command}`' for number, command in commands]
     paths = {}
     if len(ranked) >= 2 and len(names) >= 1:
         importance = optuna.importance.get_param_importances(study)
