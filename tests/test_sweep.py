@@ -201,3 +201,23 @@ def test_two_workers_share_one_postgresql_study(sweep_file, postgres, tmp_path):
     assert len(by_worker) == 2 and sum(len(v) for v in by_worker.values()) == len(finished)
     run_dirs = [t.user_attrs['run_dir'] for t in finished]
     assert len(set(run_dirs)) == len(run_dirs) and all((Path(d) / 'summary.csv').is_file() for d in run_dirs)
+
+
+def test_a_diverging_configuration_stops_its_trial_not_the_sweep(sweep_file, tmp_path):
+    base = yaml.safe_load(sweep_file.read_text())
+    files = {}
+    for act in ('relu', 'frelu'):
+        spec = dict(base, study_name=f'diverge-{act}', sampler='grid', n_trials=2,
+                    args=dict(base['args'], model=f'resnet20_{act}', epochs=3),
+                    params=dict(lr=dict(type='categorical', choices=[0.01, 1e12])))
+        files[act] = tmp_path / f'{act}.yaml'
+        files[act].write_text(yaml.safe_dump(spec))
+        assert sweep_main([str(files[act]), '--output', str(tmp_path), '--seed', '0']) == 0
+        study = optuna.load_study(study_name=f'diverge-{act}', storage=f"sqlite:///{tmp_path / f'diverge-{act}' / 'study.db'}")
+        diverged = [t for t in study.trials if t.params['lr'] == 1e12]
+        assert [t.state for t in diverged] == [TrialState.PRUNED] and 'loss became' in diverged[0].user_attrs['diverged']
+        report = (tmp_path / f'diverge-{act}' / 'report.md').read_text()
+        assert f"| - | {diverged[0].number} | {diverged[0].user_attrs['diverged']} |" in report
+    assert sweep_main([str(files['relu']), '--output', str(tmp_path), '--report-only', '--joint', str(files['frelu'])]) == 0
+    joint = (tmp_path / 'diverge-relu' / 'joint-diverge-frelu.md').read_text()
+    assert joint.count('| 1 | ') == 1 and 'not completed by both' in joint and joint.count('loss became') == 2

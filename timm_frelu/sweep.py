@@ -46,7 +46,7 @@ from optuna.trial import TrialState
 from .figures import pyplot
 from .hub.provenance import reproduce_command
 from .fileio import write_text_atomic
-from .train import train, training_args
+from .train import NonFiniteLossError, train, training_args
 
 _logger = logging.getLogger('sweep')
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -144,7 +144,13 @@ def make_objective(spec: Dict[str, Any], output: Path) -> Callable[[optuna.Trial
             if trial.should_prune():
                 raise optuna.TrialPruned(f'pruned after epoch {epoch} at {metric}={metrics[metric]:.4f}')
 
-        train(args, epoch_callback=report)
+        try:
+            train(args, epoch_callback=report)
+        except NonFiniteLossError as err:
+            # A configuration that diverges is a finding of the search, not a crash of the sweep:
+            # the trial stops as a pruned one does, and says why.
+            trial.set_user_attr('diverged', str(err).split(' Training stopped')[0])
+            raise optuna.TrialPruned(str(err)) from None
         return last['value']
 
     return objective
@@ -180,6 +186,25 @@ def open_study(spec: Dict[str, Any], output: Path, storage: Optional[str] = None
     (Path(output) / spec['study_name']).mkdir(parents=True, exist_ok=True)
     return optuna.create_study(study_name=spec['study_name'], storage=storage or default_storage(spec, output),
                                load_if_exists=True, direction=direction(spec), pruner=pruner)
+
+
+def outcome(trial: optuna.trial.FrozenTrial) -> str:
+    """A finished trial's result in words: its objective, or where it stopped and why."""
+    if trial.state == TrialState.COMPLETE:
+        return f'{trial.value:.4f}'
+    if trial.user_attrs.get('diverged'):
+        return trial.user_attrs['diverged']
+    if trial.state == TrialState.PRUNED and trial.last_step is not None:
+        return f'{trial.intermediate_values[trial.last_step]:.4f}, pruned after {trial.last_step + 1} epochs'
+    return trial.state.name.lower()
+
+
+def _stopped(study: optuna.Study, spec: Dict[str, Any]) -> List[optuna.trial.FrozenTrial]:
+    """Pruned trials by their last value (diverged ones last), then failed ones."""
+    worst = float('-inf') if direction(spec) == 'maximize' else float('inf')
+    pruned = sorted(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)),
+                    key=lambda t: t.intermediate_values.get(t.last_step, worst), reverse=direction(spec) == 'maximize')
+    return pruned + study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
 
 
 def _ranked(study: optuna.Study, spec: Dict[str, Any]) -> List[optuna.trial.FrozenTrial]:
@@ -234,8 +259,27 @@ def joint_ranking(study: optuna.Study, spec: Dict[str, Any], other: optuna.Study
     return sorted(rows, key=lambda r: r['mean'], reverse=direction(spec) == 'maximize')
 
 
-def write_joint_report(rows: List[Dict[str, Any]], spec: Dict[str, Any], other_spec: Dict[str, Any],
-                       output: Path) -> Path:
+def joint_unfinished(study: optuna.Study, spec: Dict[str, Any], other: optuna.Study,
+                     other_spec: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The configurations both studies tried that one of them did not complete (pruned, diverged or
+    failed there), with how each trial ended."""
+    def tried(s: optuna.Study, s_spec: Dict[str, Any]) -> Dict[tuple, optuna.trial.FrozenTrial]:
+        trials = {}
+        for t in _ranked(s, s_spec) + _stopped(s, s_spec):
+            try:
+                trials.setdefault(tuple(sorted(translate_params(t.params, spec).items())), t)
+            except SweepError:
+                continue
+        return trials
+
+    mine, theirs = tried(study, spec), tried(other, other_spec)
+    return [dict(params=dict(key), trials=(mine[key].number, theirs[key].number),
+                 outcomes=(outcome(mine[key]), outcome(theirs[key])))
+            for key in mine if key in theirs and TrialState.COMPLETE not in {mine[key].state} & {theirs[key].state}]
+
+
+def write_joint_report(rows: List[Dict[str, Any]], unfinished: List[Dict[str, Any]], spec: Dict[str, Any],
+                       other_spec: Dict[str, Any], output: Path) -> Path:
     names = list(spec['params'])
     a, b = spec['study_name'], other_spec['study_name']
     metric = spec['objective']['metric']
@@ -248,14 +292,21 @@ def write_joint_report(rows: List[Dict[str, Any]], spec: Dict[str, Any], other_s
                      f"{r['values'][1]:.4f} ({r['trials'][1]}) | " + ' | '.join(str(r['params'][n]) for n in names) + ' |')
     if not rows:
         lines.append('\nNo configuration was run by both yet: run each sweep with `--enqueue-best-of` the other.')
+    if unfinished:
+        lines += ['', 'Tried by both, not completed by both (so not ranked):', '',
+                  f'| {a} (trial) | {b} (trial) | ' + ' | '.join(names) + ' |',
+                  '| --- | --- | ' + ' | '.join('---' for _ in names) + ' |']
+        lines += [f"| {r['outcomes'][0]} ({r['trials'][0]}) | {r['outcomes'][1]} ({r['trials'][1]}) | "
+                  + ' | '.join(str(r['params'][n]) for n in names) + ' |' for r in unfinished]
     path = Path(output) / spec['study_name'] / f'joint-{b}.md'
     write_text_atomic(path, '\n'.join(lines) + '\n')
     return path
 
 
 def write_report(study: optuna.Study, spec: Dict[str, Any], output: Path) -> Dict[str, Path]:
-    """Every finished trial (markdown; the completed ones ranked, then the pruned ones, with the
-    command that repeats each), parameter importance and figures, and the best config YAML."""
+    """Every finished trial (markdown; the completed ones ranked, then the stopped ones: pruned,
+    diverged or failed; with the command that repeats each), parameter importance and figures, and
+    the best config YAML."""
     import warnings
 
     from optuna.visualization import matplotlib as optuna_plots
@@ -277,17 +328,14 @@ def write_report(study: optuna.Study, spec: Dict[str, Any], output: Path) -> Dic
              + ', '.join(f'{n} {k}' for k, n in counts.items() if n) + '.', '',
              f'| rank | trial | {metric} | ' + ' | '.join(names) + ' | run folder |',
              '| --- | --- | --- | ' + ' | '.join('---' for _ in names) + ' | --- |']
-    pruned = sorted(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)),
-                    key=lambda t: t.intermediate_values[t.last_step], reverse=direction(spec) == 'maximize')
-    for rank, t in enumerate(ranked + pruned, start=1):
-        value = (f'{t.value:.4f}' if t.state == TrialState.COMPLETE
-                 else f'{t.intermediate_values[t.last_step]:.4f}, pruned after {t.last_step + 1} epochs')
-        lines.append(f"| {rank if t.state == TrialState.COMPLETE else '-'} | {t.number} | {value} | "
+    stopped = _stopped(study, spec)
+    for rank, t in enumerate(ranked + stopped, start=1):
+        lines.append(f"| {rank if t.state == TrialState.COMPLETE else '-'} | {t.number} | {outcome(t)} | "
                      + ' | '.join(str(t.params.get(n)) for n in names) + f" | `{t.user_attrs.get('run_dir', '')}` |")
-    commands = [(t.number, Path(t.user_attrs.get('run_dir', '')) / 'args.yaml') for t in ranked + pruned]
+    commands = [(t.number, Path(t.user_attrs.get('run_dir', '')) / 'args.yaml') for t in ranked + stopped]
     commands = [(number, reproduce_command(yaml.safe_load(path.read_text()))) for number, path in commands if path.is_file()]
     if commands:
-        lines += ['', 'Each trial again, from its `args.yaml` (the command of a pruned trial trains all its epochs):', '']
+        lines += ['', 'Each trial again, from its `args.yaml` (the command of a stopped trial trains all its epochs):', '']
         lines += [f'- trial {number}: `{command}`' for number, command in commands]
     paths = {}
     if len(ranked) >= 2 and len(names) >= 1:
@@ -363,7 +411,9 @@ def _run(args: argparse.Namespace) -> int:
         study = run_sweep(spec, output, storage=args.storage, n_trials=args.n_trials, seed=args.seed)
     paths = write_report(study, spec, output)
     if args.joint:
-        paths['joint'] = write_joint_report(joint_ranking(study, spec, load(other_spec), other_spec), spec, other_spec, output)
+        other = load(other_spec)
+        paths['joint'] = write_joint_report(joint_ranking(study, spec, other, other_spec),
+                                            joint_unfinished(study, spec, other, other_spec), spec, other_spec, output)
         print(paths['joint'].read_text())
     print(paths['report'].read_text())
     for kind, path in paths.items():
