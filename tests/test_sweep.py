@@ -221,3 +221,12 @@ def test_a_diverging_configuration_stops_its_trial_not_the_sweep(sweep_file, tmp
     assert sweep_main([str(files['relu']), '--output', str(tmp_path), '--report-only', '--joint', str(files['frelu'])]) == 0
     joint = (tmp_path / 'diverge-relu' / 'joint-diverge-frelu.md').read_text()
     assert joint.count('| 1 | ') == 1 and 'not completed by both' in joint and joint.count('loss became') == 2
+
+
+def test_a_trial_that_ran_every_epoch_is_never_pruned(sweep_file, tmp_path):
+    base = yaml.safe_load(sweep_file.read_text())
+    # The loss differs from trial to trial where top-1 on a few images ties, so the pruner has work.
+    spec = dict(base, study_name='eager-pruner', n_trials=4, args=dict(base['args'], epochs=1),
+                objective=dict(metric='eval_loss', direction='minimize'), pruner_args=dict(n_startup_trials=0, n_warmup_steps=0))
+    study = run_sweep(spec, tmp_path, seed=0)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4

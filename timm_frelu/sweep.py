@@ -141,7 +141,8 @@ def make_objective(spec: Dict[str, Any], output: Path) -> Callable[[optuna.Trial
                 raise SweepError(f'The objective metric {metric!r} is not among {sorted(metrics)}.')
             last['value'] = metrics[metric]
             trial.report(metrics[metric], epoch)
-            if trial.should_prune():
+            # After the last epoch there is nothing left to save: the trial is complete, and ranked.
+            if epoch < args.epochs - 1 and trial.should_prune():
                 raise optuna.TrialPruned(f'pruned after epoch {epoch} at {metric}={metrics[metric]:.4f}')
 
         try:
