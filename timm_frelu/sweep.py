@@ -276,7 +276,7 @@ def joint_unfinished(study: optuna.Study, spec: Dict[str, Any], other: optuna.St
     mine, theirs = tried(study, spec), tried(other, other_spec)
     return [dict(params=dict(key), trials=(mine[key].number, theirs[key].number),
                  outcomes=(outcome(mine[key]), outcome(theirs[key])))
-            for key in mine if key in theirs and TrialState.COMPLETE not in {mine[key].state} & {theirs[key].state}]
+            for key in mine if key in theirs and not mine[key].state == theirs[key].state == TrialState.COMPLETE]
 
 
 def write_joint_report(rows: List[Dict[str, Any]], unfinished: List[Dict[str, Any]], spec: Dict[str, Any],
@@ -333,8 +333,9 @@ def write_report(study: optuna.Study, spec: Dict[str, Any], output: Path) -> Dic
     for rank, t in enumerate(ranked + stopped, start=1):
         lines.append(f"| {rank if t.state == TrialState.COMPLETE else '-'} | {t.number} | {outcome(t)} | "
                      + ' | '.join(str(t.params.get(n)) for n in names) + f" | `{t.user_attrs.get('run_dir', '')}` |")
-    commands = [(t.number, Path(t.user_attrs.get('run_dir', '')) / 'args.yaml') for t in ranked + stopped]
-    commands = [(number, reproduce_command(yaml.safe_load(path.read_text()))) for number, path in commands if path.is_file()]
+    # A trial without a run folder (none recorded) must not read an args.yaml from the cwd.
+    arg_files = [(t.number, Path(t.user_attrs['run_dir']) / 'args.yaml') for t in ranked + stopped if t.user_attrs.get('run_dir')]
+    commands = [(number, reproduce_command(yaml.safe_load(path.read_text()))) for number, path in arg_files if path.is_file()]
     if commands:
         lines += ['', 'Each trial again, from its `args.yaml` (the command of a stopped trial trains all its epochs):', '']
         lines += [f'- trial {number}: `{command}`' for number, command in commands]
