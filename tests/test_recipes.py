@@ -61,9 +61,11 @@ def test_tuned_recipe_stretches_the_schedule_keeping_its_shape():
 
 def test_rank_check_queue_runs_the_studies_trials_at_the_full_budget():
     queue = yaml.safe_load((ROOT / 'queues' / 'recipe_study_rank_check.yaml').read_text())
-    studies = {act: _study(act)[1] for act in ('relu', 'frelu')}
+    studies = {act: _study(act) for act in ('relu', 'frelu')}
     for run in queue['runs']:
-        act, number = run['experiment'].removeprefix('rank-check-resnet20_').split('-trial')
-        params = studies[act].trials[int(number)].params
+        act = run['experiment'].removeprefix('rank-check-resnet20_').split('-trial')[0]
+        spec, study = studies[act]
+        assert load_sweep(ROOT.parent / run['sweep'])['study_name'] == spec['study_name']
+        params = study.trials[run['trial']].params
         assert run['args']['epochs'] == 30 and run['args']['warmup_epochs'] == params['warmup_epochs'] * 3
         assert all(run['args'][k] == v for k, v in params.items() if k != 'warmup_epochs'), run['experiment']

@@ -87,6 +87,7 @@ def _push(args: argparse.Namespace) -> int:
 DELEGATED = {
     'sweep': 'run an Optuna sweep of training arguments (timm-frelu sweep --help)',
     'train-queue': 'train a queue of runs, resuming where it stopped (timm-frelu train-queue --help)',
+    'rank-check': "compare a sweep's proxy ranking with its trials trained at full length (timm-frelu rank-check --help)",
     'gpu-zoo': 'train a plan on a lent GPU, and publish what it returns (timm-frelu gpu-zoo --help)',
     'run': "run one of timm's scripts (train.py, validate.py, ...) with these models registered",
 }
