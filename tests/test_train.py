@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import timm
@@ -20,6 +21,9 @@ from timm_frelu.train import parse_args
 pytestmark = pytest.mark.slow
 
 EPOCHS = 4
+# The flagships' recipe: lr stepped every update (poly), EMA with warm-up, Nesterov, no decay on
+# norms and biases, channels_last. Its resume is what issue "Zoo, part 2" trains across sessions on.
+TUNED200 = ['-c', str(Path(__file__).resolve().parents[1] / 'zoo_configs' / 'cpu' / 'tuned200' / 'resnet20_frelu_cifar10.yaml')]
 
 
 @pytest.fixture(scope='module')
@@ -27,9 +31,9 @@ def data_dir(tmp_path_factory):
     return make_image_folder(tmp_path_factory.mktemp('data'), num_classes=4, per_class=80, size=32)
 
 
-def _train_cmd(data_dir, output, experiment, *extra):
+def _train_cmd(data_dir, output, experiment, *extra, recipe=()):
     return [
-        sys.executable, '-m', 'timm_frelu.train', '--dataset', 'folder', '--data-dir', str(data_dir),
+        sys.executable, '-m', 'timm_frelu.train', *recipe, '--dataset', 'folder', '--data-dir', str(data_dir),
         '--model', 'resnet20_frelu', '--epochs', str(EPOCHS), '--batch-size', '32', '--lr', '0.05',
         '--warmup-epochs', '1', '--model-ema', '--smoothing', '0.1', '--threads', '1', '--seed', '7',
         '--output', str(output), '--experiment', experiment, '--log-interval', '5', *extra,
@@ -51,12 +55,20 @@ def _load(path):
         return torch.load(path, map_location='cpu', weights_only=True)
 
 
-@pytest.fixture(scope='module')
-def reference_run(data_dir, tmp_path_factory):
-    output = tmp_path_factory.mktemp('runs')
-    result = _run(_train_cmd(data_dir, output, 'reference'))
+def _reference(data_dir, output, recipe=()):
+    result = _run(_train_cmd(data_dir, output, 'reference', recipe=recipe))
     assert result.returncode == 0, result.stderr[-3000:]
     return output / 'reference'
+
+
+@pytest.fixture(scope='module')
+def reference_run(data_dir, tmp_path_factory):
+    return _reference(data_dir, tmp_path_factory.mktemp('runs'))
+
+
+@pytest.fixture(scope='module')
+def tuned200_reference_run(data_dir, tmp_path_factory):
+    return _reference(data_dir, tmp_path_factory.mktemp('tuned200'), recipe=TUNED200)
 
 
 def test_run_writes_args_summary_and_checkpoints(reference_run):
@@ -85,8 +97,11 @@ def test_channels_last_run_takes_the_cpu_kernels_and_trains_alike(data_dir, refe
     assert float(rows[-1]['train_loss']) < float(rows[0]['train_loss'])
 
 
-def test_killed_run_resumes_exactly(data_dir, reference_run, tmp_path):
-    cmd = _train_cmd(data_dir, tmp_path, 'killed')
+@pytest.mark.parametrize('recipe, reference', [((), 'reference_run'), (TUNED200, 'tuned200_reference_run')],
+                         ids=['default', 'tuned200'])
+def test_killed_run_resumes_exactly(data_dir, recipe, reference, request, tmp_path):
+    reference_run = request.getfixturevalue(reference)
+    cmd = _train_cmd(data_dir, tmp_path, 'killed', recipe=recipe)
     run_dir = tmp_path / 'killed'
     kill_when(cmd, lambda: (run_dir / 'summary.csv').exists() and len(_summary(run_dir)) >= 2, settle=0.5)  # into epoch 2
     killed_at = _load(run_dir / 'last.pth.tar')['epoch']  # loads: not corrupt
