@@ -229,6 +229,11 @@ def translate_params(params: Dict[str, Any], spec: Dict[str, Any]) -> Dict[str, 
     return translated
 
 
+def _config_key(params: Dict[str, Any], spec: Dict[str, Any]) -> tuple:
+    """A configuration as this spec names it, hashable: the same key in either study means the same run."""
+    return tuple(sorted(translate_params(params, spec).items()))
+
+
 def enqueue_best_of(study: optuna.Study, spec: Dict[str, Any], other: optuna.Study, other_spec: Dict[str, Any],
                     top: int) -> List[Dict[str, Any]]:
     """Queue the other study's ``top`` best configurations as this study's next trials (those it
@@ -250,7 +255,7 @@ def joint_ranking(study: optuna.Study, spec: Dict[str, Any], other: optuna.Study
     rows, seen = [], set()
     for trial in _ranked(other, other_spec):
         try:
-            key = tuple(sorted(translate_params(trial.params, spec).items()))
+            key = _config_key(trial.params, spec)
         except SweepError:
             continue
         if key in mine and key not in seen:
@@ -268,7 +273,7 @@ def joint_unfinished(study: optuna.Study, spec: Dict[str, Any], other: optuna.St
         trials = {}
         for t in _ranked(s, s_spec) + _stopped(s, s_spec):
             try:
-                trials.setdefault(tuple(sorted(translate_params(t.params, spec).items())), t)
+                trials.setdefault(_config_key(t.params, spec), t)
             except SweepError:
                 continue
         return trials
