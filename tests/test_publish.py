@@ -57,12 +57,17 @@ def test_published_folder_holds_fp16_ema_weights_config_results_and_card(publish
     # The recorded evaluation is the eval command's, on exactly this file.
     again = validate(validate_parser.parse_args(['--model', MODEL, '--checkpoint', str(published / 'model.safetensors'),
                                                  '--dataset', 'folder', '--data-dir', str(data_dir)]))
-    (recorded,) = results['evaluations']
+    recorded, recorded_tta = results['evaluations']
     assert recorded['top1'] == again['top1'] and recorded['weights']['sha256'] == results['weights_sha256']
+    # Flip-TTA is evaluated on the same file and kept apart: not in the model index, a column of its own.
+    again_tta = validate(validate_parser.parse_args(['--model', MODEL, '--checkpoint', str(published / 'model.safetensors'),
+                                                     '--dataset', 'folder', '--data-dir', str(data_dir), '--tta-flip']))
+    assert (recorded['tta_flip'], recorded_tta['tta_flip']) == (False, True) and recorded_tta['top1'] == again_tta['top1']
     card = ModelCard.load(published / 'README.md')
     assert card.data.library_name == 'timm'
     assert [r.metric_value for r in card.data.eval_results] == [round(recorded['top1'], 2)]
     assert f"{recorded['top1']:.2f}" in card.text and 'Funnel' in card.text and results['weights_sha256'] in card.text
+    assert f" | {recorded['loss']:.4f} | {recorded_tta['top1']:.2f} |" in card.text and 'top-1 with flip-TTA (%)' in card.text
     assert '![learning curve](learning_curve.png)' in card.text and 'the published ones are from epoch 1.' in card.text
     assert (published / 'learning_curve.png').read_bytes().startswith(b'\x89PNG')
 

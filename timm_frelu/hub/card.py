@@ -41,6 +41,9 @@ def render_card(name_tag: str, results: Dict[str, Any], run_args: Dict[str, Any]
     arch, _, act = name.rpartition('_')
     cost = model_summary(name)
     evaluations = results['evaluations']
+    plain = [r for r in evaluations if not r.get('tta_flip')]
+    # Flip-TTA top-1 of the same file on the same data, a column of its own (older publishes have none).
+    tta_top1 = {_data_label(r): r['top1'] for r in evaluations if r.get('tta_flip')}
     card_data = ModelCardData(
         library_name='timm',
         license='apache-2.0',
@@ -52,7 +55,7 @@ def render_card(name_tag: str, results: Dict[str, Any], run_args: Dict[str, Any]
                        dataset_name=describe_test_data(r['data']),
                        dataset_config=r['data']['dataset'], dataset_split=r['data']['split'], metric_type='accuracy', metric_name='top-1 accuracy',
                        metric_value=round(r['top1'], 2))
-            for r in evaluations
+            for r in plain
         ],
     )
     layout = (run_args.get('model_kwargs') or {}).get('act_layout', 'paper')
@@ -91,14 +94,17 @@ def render_card(name_tag: str, results: Dict[str, Any], run_args: Dict[str, Any]
         '',
         f"Measured by `timm_frelu.validate` on this repo's `model.safetensors` ({results['weights_dtype']}, "
         f"{'EMA weights' if results['weights'] == 'ema' else 'final weights, no EMA'}, "
-        f"SHA256 `{results['weights_sha256']}`), without test-time augmentation:",
+        f"SHA256 `{results['weights_sha256']}`), without test-time augmentation"
+        + ("; the last column is apart: the same file with flip-TTA (logits averaged over each image and its "
+           "mirror image)." if tta_top1 else '.'),
         '',
-        '| test data | images | top-1 (%) | top-5 (%) | loss |',
-        '| --- | --- | --- | --- | --- |',
+        '| test data | images | top-1 (%) | top-5 (%) | loss |' + (' top-1 with flip-TTA (%) |' if tta_top1 else ''),
+        '| --- | --- | --- | --- | --- |' + (' --- |' if tta_top1 else ''),
     ]
-    for r in evaluations:
+    for r in plain:
+        tta = f" {tta_top1[_data_label(r)]:.2f} |" if _data_label(r) in tta_top1 else (' - |' if tta_top1 else '')
         lines.append(f"| {describe_test_data(r['data'])} (`{_data_label(r)}`) | "
-                     f"{r['count']} | {r['top1']:.2f} | {r['top5']:.2f} | {r['loss']:.4f} |")
+                     f"{r['count']} | {r['top1']:.2f} | {r['top5']:.2f} | {r['loss']:.4f} |{tta}")
     lines += ['', 'Per-class top-1 and the SHA256 of the evaluated pixels are in `results.json`.', '']
     if has_figure:
         lines += ['## What FReLU learned', '',
@@ -145,7 +151,7 @@ def render_card(name_tag: str, results: Dict[str, Any], run_args: Dict[str, Any]
     if run_args.get('dataset') == 'shared/cifar10-jpeg':
         lines.append('- Trained on a lossy JPEG copy of CIFAR-10 (the official archives could not be reached); '
                      'accuracy on the official test set can differ.')
-    if any(r['data']['dataset'] == 'shared/cifar10-jpeg' for r in evaluations):
+    if any(r['data']['dataset'] == 'shared/cifar10-jpeg' for r in plain):
         lines.append('- The 10,000-image test set above is the same JPEG copy, not the official pixels; the 1,000 '
                      'original test images are the closer estimate of official accuracy (binomial standard error '
                      'about ±0.7 points at 95%).')

@@ -194,9 +194,10 @@ def _evaluate_stored_file(name_tag: str, tag_dataset: str, weights: Path, datase
                           data_dir: Optional[str], model_args: Dict[str, Any]) -> List[Dict[str, Any]]:
     name = name_tag.split('.')[0]
     evaluations = []
-    for dataset in datasets:
+    # Plain evaluations first (the card's and the manifest's numbers); flip-TTA ones after, reported apart.
+    for tta_flip, dataset in [(tta_flip, dataset) for tta_flip in (False, True) for dataset in datasets]:
         result = validate(validation_args(model=f'{name}.{tag_dataset}', checkpoint=str(weights), dataset=dataset,
-                                          data_dir=data_dir, model_kwargs=dict(model_args)))
+                                          data_dir=data_dir, model_kwargs=dict(model_args), tta_flip=tta_flip))
         result['weights']['file'] = WEIGHTS_FILENAME  # relative: the folder moves, and ships to the Hub
         result['model'] = name_tag
         evaluations.append(result)
