@@ -6,7 +6,7 @@ import torch
 
 from conftest import make_image_folder
 from timm_frelu.data import CIFAR10_MEAN, CIFAR10_STD, DataError, TensorLoader, load_split
-from timm_frelu.data.shared import SHARED_DATA_ENV, cache_dir, shared_data_dir
+from timm_frelu.data.shared import SHARED_DATA_ENV, cache_dir, move_into_place, shared_data_dir
 
 CIFAR10_CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck']
 
@@ -30,6 +30,20 @@ def test_corrupt_archive_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv(SHARED_DATA_ENV, str(tmp_path))
     with pytest.raises(DataError, match='is corrupt: its SHA256 is'):
         load_split('shared/cifar10-lossless', 'test')
+
+
+def test_an_unpack_that_loses_the_race_to_another_worker_keeps_the_winners_copy(tmp_path):
+    target = tmp_path / 'cifar10-jpeg-q75-0123456789ab'
+    (target / 'train').mkdir(parents=True)
+    (target / 'train' / 'winner.txt').write_text('complete')
+    late = tmp_path / '.unpack-late'
+    (late / 'train').mkdir(parents=True)
+    move_into_place(late, target)
+    assert (target / 'train' / 'winner.txt').read_text() == 'complete'
+    first = tmp_path / '.unpack-first'
+    first.mkdir()
+    move_into_place(first, tmp_path / 'fresh')
+    assert (tmp_path / 'fresh').is_dir() and not first.exists()
 
 
 def test_missing_shared_data_names_the_fix(tmp_path, monkeypatch):

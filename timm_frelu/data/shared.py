@@ -63,6 +63,16 @@ def verified_archive(name: str) -> Tuple[Path, str]:
     return archive, actual
 
 
+def move_into_place(unpacked: Path, target: Path) -> None:
+    """Rename a finished unpack to ``target``; if another process (a second queue worker)
+    got there first, its complete copy is kept and this one is left for the caller to remove."""
+    try:
+        os.replace(unpacked, target)
+    except OSError:
+        if not target.is_dir():
+            raise
+
+
 def unpacked_archive(archive: Path, sha: str) -> Path:
     """The folder a verified archive unpacks to, unpacking it into the cache on first use."""
     target = cache_dir() / 'shared' / f'{archive.name.split(".")[0]}-{sha[:12]}'
@@ -74,7 +84,7 @@ def unpacked_archive(archive: Path, sha: str) -> Path:
     try:
         with tarfile.open(archive) as tar:
             tar.extractall(tmp, filter='data')
-        os.replace(tmp, target)
+        move_into_place(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target / archive.name.split('.')[0]
