@@ -68,7 +68,7 @@ def test_orders_that_differ_are_said_to_differ(setup, capsys):
     _write_summary(tmp_path / 'runs' / 'full-trial1', [50, 70, 85])
     code, out = _check(tmp_path, queue, capsys)
     assert code == 0
-    assert '| 0 | 80.00 | 1 | 84.00 | 2 |' in out.out and '| 2 | 60.00 | - | not started | - |' in out.out
+    assert '| 0 | 80.00 | 1 | 84.00 | 2 |' in out.out and '| 2 | 60.00 | - | no results yet | - |' in out.out
     assert 'orders these trials differently from 3 epochs' in out.out
 
 

@@ -88,7 +88,7 @@ def render(checks: List[Dict[str, Any]], command: str) -> str:
             elif row['so_far'] is not None:
                 full = f"unfinished: {row['so_far']:.2f} after {row['epochs_done']} of {row['epochs']}"
             else:
-                full = 'not started'
+                full = 'no results yet'
             lines.append(f"| {row['trial']} | {row['proxy']:.2f} | {row.get('proxy_rank', '-')} | {full} | "
                          f"{row.get('full_rank', '-')} |")
         verdict = {None: 'Fewer than two runs have finished: no order to compare yet.',
