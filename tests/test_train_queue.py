@@ -1,5 +1,6 @@
 """The training queue: killed and run again it goes on, and two workers share it."""
 import csv
+import shutil
 import subprocess
 import sys
 
@@ -76,3 +77,39 @@ def test_a_bad_queue_file_is_a_clear_error(tmp_path, capsys, runs, message):
     path.write_text(yaml.safe_dump(dict(output=str(tmp_path / 'runs'), runs=runs)))
     assert cli_main(['train-queue', str(path)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_snapshot_carries_an_unfinished_run_to_a_fresh_machine(queue_file, tmp_path):
+    runs, keep = tmp_path / 'runs', tmp_path / 'in-progress'
+    kill_when(_queue_cmd(queue_file), lambda: (runs / 'second' / 'last.pth.tar').is_file(), timeout=600)
+    assert cli_main(['train-queue', str(queue_file), '--snapshot', str(keep)]) == 0
+    # Only the unfinished run is kept, and only what resuming needs.
+    assert sorted(p.name for p in keep.iterdir()) == ['second']
+    assert sorted(p.name for p in (keep / 'second').iterdir()) == ['args.yaml', 'last.pth.tar', 'summary.csv']
+
+    # A fresh machine: no run folders; the finished run is known by its published summary.
+    published = tmp_path / 'checkpoints' / 'first'
+    published.mkdir(parents=True)
+    (published / 'summary.csv').write_bytes((runs / 'first' / 'summary.csv').read_bytes())
+    shutil.rmtree(runs)
+    spec = yaml.safe_load(queue_file.read_text())
+    spec['runs'][0]['published'] = str(published)
+    queue_file.write_text(yaml.safe_dump(spec))
+
+    result = subprocess.run(_queue_cmd(queue_file) + ['--restore', str(keep)], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'second: restored at epoch' in result.stdout
+    assert not (runs / 'first').exists()
+    assert _epochs(runs / 'second') == list(range(EPOCHS))
+
+    assert cli_main(['train-queue', str(queue_file), '--snapshot', str(keep)]) == 0
+    assert not (keep / 'second').exists()
+
+
+def test_a_missing_published_folder_is_a_clear_error(tmp_path, capsys):
+    path = tmp_path / 'queue.yaml'
+    path.write_text(yaml.safe_dump(dict(output=str(tmp_path / 'runs'),
+                                        runs=[{'experiment': 'a', 'published': str(tmp_path / 'nowhere')}])))
+    assert cli_main(['train-queue', str(path)]) == 2
+    assert 'publish the run first' in capsys.readouterr().err

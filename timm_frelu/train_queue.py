@@ -5,7 +5,8 @@ A queue is a YAML file:
     output: output/zoo                      # parent of the run folders (relative to the cwd)
     defaults: {channels_last: true}         # training arguments every run shares (optional)
     runs:
-      - {experiment: r30-resnet20_frelu-s0, config: zoo_configs/cpu/resnet20_frelu_cifar10.yaml, args: {seed: 0}}
+      - {experiment: r30-resnet20_frelu-s0, config: zoo_configs/cpu/resnet20_frelu_cifar10.yaml, args: {seed: 0},
+         published: checkpoints/resnet20_frelu.r30_cifar10}   # optional: its summary.csv marks the run done
       - {experiment: r30-resnet20_relu-s0, config: zoo_configs/cpu/resnet20_relu_cifar10.yaml, args: {seed: 0}}
 
 ``timm-frelu train-queue QUEUE.yaml`` trains the runs in order with the training command's own code,
@@ -14,11 +15,20 @@ skipped; one with a ``last.pth.tar`` is resumed from it (the training command's 
 others start. So a killed queue, or one cut off when a session ends, continues where it stopped
 when the command runs again. Several workers (one per core, say, each with ``threads: 1``) can
 run one queue at once: each run is locked while one trains it, the others take the next.
+
+A run's ``published`` folder (``timm-frelu publish`` output) counts as its record when the run
+folder has no summary, so a fresh checkout does not train a published run again. Across machines,
+``--snapshot DIR`` copies each unfinished run's resumable state (``args.yaml``, ``summary.csv``,
+``last.pth.tar``) to ``DIR/<experiment>/`` (a folder to commit) and drops the snapshots of runs
+that have finished; ``--restore DIR`` copies a snapshot back when it is further along than the
+run folder, then trains as usual.
 """
 import argparse
 import csv
 import fcntl
 import logging
+import os
+import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +55,10 @@ def load_queue(path: Path) -> Dict[str, Any]:
         raise QueueError(f'{path}: every run needs an experiment name (its folder under output).')
     if len(set(names)) != len(names):
         raise QueueError(f'{path}: experiment names repeat; each run needs a folder of its own.')
+    for run in runs:
+        if run.get('published') and not (Path(run['published']) / 'summary.csv').is_file():
+            raise QueueError(f"run {run['experiment']}: its published folder {run['published']} has no summary.csv; "
+                             "publish the run first (timm-frelu publish), or drop the run's published entry.")
     return spec
 
 
@@ -59,15 +73,76 @@ def run_args(spec: Dict[str, Any], run: Dict[str, Any], output: Path) -> argpars
     return args
 
 
-def run_state(run_dir: Path, epochs: int) -> str:
-    """``done`` when the last epoch is in the run's summary, ``resume`` when it has a ``last``
-    checkpoint, else ``new``."""
-    summary = run_dir / 'summary.csv'
-    if summary.is_file():
-        with open(summary) as f:
-            if any(int(row['epoch']) == epochs - 1 for row in csv.DictReader(f)):
-                return 'done'
+RESUMABLE_FILES = ('args.yaml', 'summary.csv', 'last.pth.tar')
+
+
+def epochs_done(run_dir: Path) -> int:
+    """How many epochs the run's summary records (0 without one)."""
+    summary = Path(run_dir) / 'summary.csv'
+    if not summary.is_file():
+        return 0
+    with open(summary) as f:
+        return max((int(row['epoch']) + 1 for row in csv.DictReader(f)), default=0)
+
+
+def run_state(run_dir: Path, epochs: int, published: Optional[Path] = None) -> str:
+    """``done`` when the run's summary (or, without one, its published folder's) reaches the last
+    epoch, ``resume`` when it has a ``last`` checkpoint, else ``new``."""
+    record = run_dir if (run_dir / 'summary.csv').is_file() or published is None else published
+    if epochs_done(record) >= epochs:
+        return 'done'
     return 'resume' if (run_dir / 'last.pth.tar').is_file() else 'new'
+
+
+def copy_run_state(source: Path, target: Path) -> None:
+    """Copy a run's resumable files, each through a temporary file, so an interrupted copy leaves
+    the target's previous files whole; ``last.pth.tar`` goes last, as it makes the copy resumable."""
+    missing = [name for name in RESUMABLE_FILES if not (source / name).is_file()]
+    if missing:
+        raise QueueError(f'{source} lacks {", ".join(missing)}: not a resumable run folder.')
+    target.mkdir(parents=True, exist_ok=True)
+    for name in RESUMABLE_FILES:
+        tmp = target / f'.{name}.tmp{os.getpid()}'
+        shutil.copyfile(source / name, tmp)
+        os.replace(tmp, target / name)
+
+
+def snapshot_queue(spec: Dict[str, Any], output: Path, keep: Path) -> Dict[str, str]:
+    """Copy every unfinished run that has a ``last`` checkpoint into ``keep/<experiment>/``; remove
+    the snapshots of finished runs. Returns what happened to each run."""
+    states = {}
+    for run in spec['runs']:
+        experiment, args = run['experiment'], run_args(spec, run, output)
+        run_dir, kept = output / experiment, keep / experiment
+        state = run_state(run_dir, args.epochs, _published(run))
+        if state == 'done':
+            if kept.exists():
+                shutil.rmtree(kept)
+                states[experiment] = 'finished: snapshot removed'
+        elif state == 'resume':
+            copy_run_state(run_dir, kept)
+            states[experiment] = f'snapshot at epoch {epochs_done(kept)} of {args.epochs}'
+    return states
+
+
+def restore_queue(spec: Dict[str, Any], output: Path, keep: Path) -> Dict[str, str]:
+    """Copy each run's snapshot from ``keep`` into the run folder when it is further along."""
+    states = {}
+    for run in spec['runs']:
+        experiment = run['experiment']
+        kept, run_dir = keep / experiment, output / experiment
+        if not (kept / 'last.pth.tar').is_file():
+            continue
+        if (run_dir / 'last.pth.tar').is_file() and epochs_done(run_dir) >= epochs_done(kept):
+            states[experiment] = f'run folder already at epoch {epochs_done(run_dir)}'
+            continue
+        copy_run_state(kept, run_dir)
+        states[experiment] = f'restored at epoch {epochs_done(run_dir)}'
+    return states
+
+
+def _published(run: Dict[str, Any]) -> Optional[Path]:
+    return Path(run['published']) if run.get('published') else None
 
 
 @contextmanager
@@ -92,15 +167,16 @@ def run_queue(spec: Dict[str, Any], output: Optional[Path] = None) -> Dict[str, 
     state as this worker left it (done, or taken by another worker)."""
     output = Path(output or spec.get('output', 'output/queue'))
     # Every run's arguments are checked before the first one trains.
-    queued = [(run['experiment'], run_args(spec, run, output)) for run in spec['runs']]
+    queued = [(run, run_args(spec, run, output)) for run in spec['runs']]
     states = {}
-    for experiment, args in queued:
+    for run, args in queued:
+        experiment = run['experiment']
         with run_lock(output, experiment) as held:
             if not held:
                 states[experiment] = 'another worker'
                 continue
             run_dir = output / experiment
-            state = run_state(run_dir, args.epochs)
+            state = run_state(run_dir, args.epochs, _published(run))
             if state != 'done':
                 if state == 'resume':
                     args.resume = str(run_dir / 'last.pth.tar')
@@ -114,15 +190,29 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog='timm-frelu train-queue', description=__doc__.splitlines()[0])
     parser.add_argument('queue', help='queue YAML file')
     parser.add_argument('--output', default=None, help="parent folder of the run folders (default: the file's output)")
+    parser.add_argument('--snapshot', metavar='DIR', default=None,
+                        help='copy the unfinished runs\' resumable state to DIR/<experiment>/ and exit (no training)')
+    parser.add_argument('--restore', metavar='DIR', default=None,
+                        help='first copy back the snapshots in DIR that are further along than their run folders')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     try:
-        states = run_queue(load_queue(Path(args.queue)), Path(args.output) if args.output else None)
+        spec = load_queue(Path(args.queue))
+        output = Path(args.output or spec.get('output', 'output/queue'))
+        if args.snapshot:
+            states = snapshot_queue(spec, output, Path(args.snapshot))
+        else:
+            if args.restore:
+                for experiment, state in restore_queue(spec, output, Path(args.restore)).items():
+                    print(f'{experiment}: {state}')
+            states = run_queue(spec, output)
     except QueueError as err:
         print(f'timm-frelu train-queue: {err}', file=sys.stderr)
         return 2
     for experiment, state in states.items():
         print(f'{experiment}: {state}')
+    if args.snapshot and not states:
+        print(f'no run of {args.queue} is unfinished with a last checkpoint: nothing to keep in {args.snapshot}')
     return 0
 
 
