@@ -121,7 +121,7 @@ def snapshot_queue(spec: Dict[str, Any], output: Path, keep: Path) -> Dict[str, 
                 states[experiment] = 'finished: snapshot removed'
         elif state == 'resume':
             copy_run_state(run_dir, kept)
-            states[experiment] = f'snapshot at epoch {epochs_done(kept)} of {args.epochs}'
+            states[experiment] = f'snapshot kept, {epochs_done(kept)} of {args.epochs} epochs done'
     return states
 
 
@@ -134,10 +134,10 @@ def restore_queue(spec: Dict[str, Any], output: Path, keep: Path) -> Dict[str, s
         if not (kept / 'last.pth.tar').is_file():
             continue
         if (run_dir / 'last.pth.tar').is_file() and epochs_done(run_dir) >= epochs_done(kept):
-            states[experiment] = f'run folder already at epoch {epochs_done(run_dir)}'
+            states[experiment] = f'not restored: the run folder has {epochs_done(run_dir)} epochs done, the snapshot no more'
             continue
         copy_run_state(kept, run_dir)
-        states[experiment] = f'restored at epoch {epochs_done(run_dir)}'
+        states[experiment] = f'restored, {epochs_done(run_dir)} epochs done'
     return states
 
 
