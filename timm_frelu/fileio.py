@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,14 @@ def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def copy_file_atomic(source: Path, target: Path) -> None:
+    """Copy to a temporary file beside ``target`` and rename it over ``target``."""
+    target = Path(target)
+    tmp = target.with_name(f'.{target.name}.tmp{os.getpid()}')
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:

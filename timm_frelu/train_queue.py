@@ -27,7 +27,6 @@ import argparse
 import csv
 import fcntl
 import logging
-import os
 import shutil
 import sys
 from contextlib import contextmanager
@@ -36,6 +35,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import yaml
 
+from .fileio import copy_file_atomic
 from .train import check_args, train, training_args
 
 _logger = logging.getLogger('train_queue')
@@ -102,9 +102,7 @@ def copy_run_state(source: Path, target: Path) -> None:
         raise QueueError(f'{source} lacks {", ".join(missing)}: not a resumable run folder.')
     target.mkdir(parents=True, exist_ok=True)
     for name in RESUMABLE_FILES:
-        tmp = target / f'.{name}.tmp{os.getpid()}'
-        shutil.copyfile(source / name, tmp)
-        os.replace(tmp, target / name)
+        copy_file_atomic(source / name, target / name)
 
 
 def snapshot_queue(spec: Dict[str, Any], output: Path, keep: Path) -> Dict[str, str]:
@@ -133,12 +131,18 @@ def restore_queue(spec: Dict[str, Any], output: Path, keep: Path) -> Dict[str, s
         kept, run_dir = keep / experiment, output / experiment
         if not (kept / 'last.pth.tar').is_file():
             continue
-        if (run_dir / 'last.pth.tar').is_file() and epochs_done(run_dir) >= epochs_done(kept):
-            states[experiment] = f'not restored: the run folder has {epochs_done(run_dir)} epochs done, the snapshot no more'
+        here, there = epochs_done(run_dir), epochs_done(kept)
+        if (run_dir / 'last.pth.tar').is_file() and here >= there:
+            states[experiment] = f'not restored: the run folder has {here} epochs done, the snapshot no more'
             continue
         copy_run_state(kept, run_dir)
-        states[experiment] = f'restored, {epochs_done(run_dir)} epochs done'
+        states[experiment] = f'restored, {there} epochs done'
     return states
+
+
+def queue_output(spec: Dict[str, Any], output: Optional[Path] = None) -> Path:
+    """The parent of the run folders: ``output`` when given, else the queue file's."""
+    return Path(output or spec.get('output', 'output/queue'))
 
 
 def _published(run: Dict[str, Any]) -> Optional[Path]:
@@ -165,7 +169,7 @@ def run_lock(output: Path, experiment: str) -> Iterator[bool]:
 def run_queue(spec: Dict[str, Any], output: Optional[Path] = None) -> Dict[str, str]:
     """Train every run that is not done and not locked by another worker; returns each run's
     state as this worker left it (done, or taken by another worker)."""
-    output = Path(output or spec.get('output', 'output/queue'))
+    output = queue_output(spec, output)
     # Every run's arguments are checked before the first one trains.
     queued = [(run, run_args(spec, run, output)) for run in spec['runs']]
     states = {}
@@ -198,7 +202,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     try:
         spec = load_queue(Path(args.queue))
-        output = Path(args.output or spec.get('output', 'output/queue'))
+        output = queue_output(spec, args.output)
         if args.snapshot:
             states = snapshot_queue(spec, output, Path(args.snapshot))
         else:
