@@ -104,6 +104,33 @@ def test_sweep_help(argv):
     assert result.returncode == 0 and result.stdout.startswith('usage: timm-frelu sweep')
 
 
+YAML_COMMANDS = {
+    'train-queue': ['-m', 'timm_frelu.cli', 'train-queue'],
+    'sweep': ['-m', 'timm_frelu.cli', 'sweep'],
+    'rank-check': ['-m', 'timm_frelu.cli', 'rank-check'],
+    'gpu-zoo': ['-m', 'timm_frelu.gpu_zoo', 'run', '--time-budget', '10', '--output', 'gpu-out'],
+    'train -c': ['-m', 'timm_frelu.train', '-c'],
+}
+BAD_YAML = {
+    'missing': (None, 'missing.yaml: check the path'),
+    'malformed': ('runs: [1\n', 'is not valid YAML at line 2, column 1'),
+    'a list': ('- a\n- b\n', 'holds a list; it must be a mapping'),
+}
+
+
+@pytest.mark.parametrize('command', YAML_COMMANDS)
+@pytest.mark.parametrize('case', BAD_YAML)
+def test_a_yaml_file_that_is_missing_or_broken_is_named_in_one_line(command, case, tmp_path):
+    text, expected = BAD_YAML[case]
+    name = 'missing.yaml' if text is None else 'file.yaml'
+    if text is not None:
+        (tmp_path / name).write_text(text)
+    result = _cli(*YAML_COMMANDS[command], name, cwd=tmp_path)
+    assert result.returncode == 2 and 'Traceback' not in result.stderr
+    assert name in _error_line(result) and expected in _error_line(result)
+    assert not (tmp_path / 'gpu-out').exists()
+
+
 def test_recipes_without_an_argument_writes_nothing(tmp_path):
     result = _cli('-m', 'timm_frelu.cli', 'recipes', cwd=tmp_path)
     assert result.returncode == 0 and 'timm-frelu recipes --write zoo_configs' in result.stdout

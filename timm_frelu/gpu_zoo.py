@@ -45,9 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import yaml
-
-from .fileio import file_sha256, write_json_atomic, write_text_atomic
+from .fileio import YamlFileError, file_sha256, read_yaml_mapping, write_json_atomic, write_text_atomic
 from .zoo import tag_dataset
 
 _logger = logging.getLogger('gpu_zoo')
@@ -85,7 +83,7 @@ class Plan:
 
 
 def load_plan(path: Path) -> Plan:
-    spec = yaml.safe_load(Path(path).read_text()) or {}
+    spec = read_yaml_mapping(path, 'GPU zoo plan')
     runs = spec.get('runs') or []
     if not runs:
         raise GpuZooError(f'{path} lists no runs; a plan needs runs: [{{name: <model>.<tag>, share: 1}}, ...].')
@@ -97,7 +95,7 @@ def load_plan(path: Path) -> Plan:
         planned.append(PlannedRun(run['name'], float(run.get('share', 1.0)), dict(run.get('args') or {})))
     defaults = {}
     if spec.get('recipe'):  # a training recipe (train -c YAML) under the plan's own defaults
-        defaults.update(yaml.safe_load((Path(path).parent / spec['recipe']).read_text()) or {})
+        defaults.update(read_yaml_mapping(Path(path).parent / spec['recipe'], 'recipe the plan names'))
     defaults.update(spec.get('defaults') or {})
     return Plan(defaults, planned, list(spec.get('benchmarks') or []))
 
@@ -418,7 +416,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             for folder in publish_returned(Path(args.returned), work_dir, Path(args.output) if args.output else None,
                                            args.include_cut_off, args.eval_dataset, args.data_dir):
                 print(f'published {folder}')
-    except (GpuZooError, PublishError, DataError, OSError) as err:
+    except (GpuZooError, PublishError, DataError, YamlFileError, OSError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
     return 0

@@ -45,7 +45,7 @@ from optuna.trial import TrialState
 
 from .figures import pyplot
 from .hub.provenance import reproduce_command
-from .fileio import write_text_atomic
+from .fileio import YamlFileError, read_yaml_mapping, write_text_atomic
 from .train import NonFiniteLossError, train, training_args
 
 _logger = logging.getLogger('sweep')
@@ -57,7 +57,7 @@ class SweepError(ValueError):
 
 
 def load_sweep(path: Path) -> Dict[str, Any]:
-    spec = yaml.safe_load(Path(path).read_text()) or {}
+    spec = read_yaml_mapping(path, 'sweep file')
     for key in ('study_name', 'params', 'objective'):
         if key not in spec:
             raise SweepError(f'{path} has no {key!r}; see `timm_frelu.sweep` for the sweep file format.')
@@ -361,7 +361,7 @@ def write_report(study: optuna.Study, spec: Dict[str, Any], output: Path) -> Dic
         plt.close('all')
 
     best = ranked[0]
-    best_config = dict(yaml.safe_load(Path(spec['recipe']).read_text()) if spec.get('recipe') else {})
+    best_config = read_yaml_mapping(spec['recipe'], 'recipe the sweep names') if spec.get('recipe') else {}
     best_config.update(spec.get('args', {}))
     best_config.update(best.params)
     paths['best'] = output / 'best.yaml'
@@ -390,7 +390,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         return _run(args)
-    except SweepError as err:
+    except (SweepError, YamlFileError) as err:
         print(f'timm-frelu sweep: {err}', file=sys.stderr)
         return 2
 

@@ -51,7 +51,7 @@ from timm_frelu.checkpoint import CheckpointError, load_weights, read_checkpoint
 from timm_frelu.data import DataError, TensorLoader, load_split
 from timm_frelu.data.sources import check_same_size
 from timm_frelu.evaluation import evaluate
-from timm_frelu.fileio import write_text_atomic
+from timm_frelu.fileio import YamlFileError, read_yaml_mapping, write_text_atomic
 from timm_frelu.layers.cpu_kernels import cpu_kernels
 from timm_frelu.optim import WEIGHT_DECAY_EXCLUDES, weight_decay_param_groups
 
@@ -182,8 +182,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args_config, remaining = config_parser.parse_known_args(argv)
     parser = build_parser()
     if args_config.config:
-        with open(args_config.config) as f:
-            cfg = yaml.safe_load(f) or {}
+        try:
+            cfg = read_yaml_mapping(args_config.config, 'recipe (-c/--config)')
+        except YamlFileError as err:
+            parser.error(str(err))
         unknown = sorted(set(cfg) - {a.dest for a in parser._actions})
         if unknown:
             parser.error(f'{args_config.config} sets unknown arguments: {", ".join(unknown)}')

@@ -33,9 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
-import yaml
-
-from .fileio import copy_file_atomic
+from .fileio import YamlFileError, copy_file_atomic, read_yaml_mapping
 from .train import check_args, train, training_args
 
 _logger = logging.getLogger('train_queue')
@@ -46,7 +44,7 @@ class QueueError(ValueError):
 
 
 def load_queue(path: Path) -> Dict[str, Any]:
-    spec = yaml.safe_load(Path(path).read_text()) or {}
+    spec = read_yaml_mapping(path, 'queue file')
     runs = spec.get('runs')
     if not isinstance(runs, list) or not runs:
         raise QueueError(f'{path} has no runs; see `timm_frelu.train_queue` for the queue file format.')
@@ -210,7 +208,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 for experiment, state in restore_queue(spec, output, Path(args.restore)).items():
                     print(f'{experiment}: {state}')
             states = run_queue(spec, output)
-    except QueueError as err:
+    except (QueueError, YamlFileError) as err:
         print(f'timm-frelu train-queue: {err}', file=sys.stderr)
         return 2
     for experiment, state in states.items():
