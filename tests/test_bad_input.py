@@ -104,6 +104,18 @@ def test_sweep_help(argv):
     assert result.returncode == 0 and result.stdout.startswith('usage: timm-frelu sweep')
 
 
+@pytest.mark.parametrize('argv', [
+    ['-m', 'timm_frelu.train', '--model', 'resnet19_frelu', '--dataset', 'folder', '--data-dir', 'data'],
+    ['-m', 'timm_frelu.validate', '--model', 'resnet19_frelu'],
+    ['-m', 'timm_frelu.cli', 'publish', 'run', '--name', 'resnet19_frelu.tuned30_cifar10'],
+], ids=['train', 'validate', 'publish'])
+def test_a_mistyped_model_name_is_refused_before_any_work_with_the_names_meant(argv, tmp_path):
+    result = _cli(*argv, cwd=tmp_path)
+    assert result.returncode == 2 and 'Traceback' not in result.stderr
+    assert "Unknown model 'resnet19_frelu'. Did you mean resnet18_frelu" in _error_line(result)
+    assert not any(tmp_path.iterdir())
+
+
 YAML_COMMANDS = {
     'train-queue': ['-m', 'timm_frelu.cli', 'train-queue'],
     'sweep': ['-m', 'timm_frelu.cli', 'sweep'],

@@ -1,5 +1,6 @@
 import copy
 import os
+import re
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from torch import nn
 from timm_frelu import FReLU
 from timm_frelu.models import ACTS, ARCHS, CifarResNet
 from timm_frelu.models.blocks import FReLUBasicBlock, FReLUBottleneck
+from timm_frelu.models.registry import check_model_name
 from timm_frelu.zoo import find_weights, published_weights
 
 IMAGENET_FAMILY = {  # name: (block kind, blocks per stage)
@@ -142,6 +144,21 @@ def test_cifar_resnets_have_no_imagenet_stem():
 def test_unknown_model_name_is_a_clear_error():
     with pytest.raises(RuntimeError, match='Unknown model'):
         timm.create_model('resnet19_frelu')
+
+
+@pytest.mark.parametrize('name, message', [
+    ('resnet19_frelu', "Unknown model 'resnet19_frelu'. Did you mean resnet18_frelu"),
+    ('resnet20_frelu.nope', "resnet20_frelu has no weights tagged 'nope'; its tags: cifar10"),
+    ('resnet18_frelu.cifar10', "resnet18_frelu has no weights tagged 'cifar10'; its tags: none"),
+])
+def test_the_commands_model_check_names_what_was_meant(name, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_model_name(name)
+
+
+@pytest.mark.parametrize('name', ['resnet20_frelu', 'resnet20_frelu.cifar10', 'resnet50', 'resnet50.a1_in1k', 'hf-hub:org/repo'])
+def test_the_commands_model_check_passes_what_timm_can_create(name):
+    check_model_name(name)
 
 
 def test_pretrained_without_weights_fails_at_once_and_names_the_weights_that_exist(monkeypatch):

@@ -52,6 +52,7 @@ from timm_frelu.data import DataError, TensorLoader, load_split
 from timm_frelu.data.sources import check_same_size
 from timm_frelu.evaluation import evaluate
 from timm_frelu.fileio import YamlFileError, read_yaml_mapping, write_text_atomic
+from timm_frelu.models.registry import check_model_name
 from timm_frelu.layers.cpu_kernels import cpu_kernels
 from timm_frelu.optim import WEIGHT_DECAY_EXCLUDES, weight_decay_param_groups
 
@@ -212,6 +213,7 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f'{flag} must be at least 1, got {value}.')
     if args.weight_decay < 0:
         raise ValueError(f'--weight-decay must not be negative, got {args.weight_decay:g}.')
+    check_model_name(args.model)
 
 
 def scaled_lr(args: argparse.Namespace) -> float:

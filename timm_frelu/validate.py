@@ -29,6 +29,7 @@ from timm_frelu.args import override_args
 from timm_frelu.checkpoint import CheckpointError, load_weights
 from timm_frelu.data import DataError, TensorLoader, load_split
 from timm_frelu.fileio import file_sha256, write_json_atomic
+from timm_frelu.models.registry import check_model_name
 from timm_frelu.evaluation import evaluate
 
 _logger = logging.getLogger('validate')
@@ -68,6 +69,7 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
         raise FileNotFoundError(f'--checkpoint {args.checkpoint}: no such file.')
     if args.batch_size < 1:
         raise ValueError(f'--batch-size must be at least 1, got {args.batch_size}.')
+    check_model_name(args.model)
     model_args = dict(args.model_kwargs)
     if args.num_classes is not None:
         model_args['num_classes'] = args.num_classes

@@ -21,11 +21,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import yaml
 from safetensors.torch import save_file
-from timm.models import create_model, list_models
+from timm.models import create_model
 from timm.models._hub import save_config_for_hf
 
 from ..data import DataError
 from ..fileio import file_sha256, write_json_atomic
+from ..models.registry import check_model_name
 from ..checkpoint import CheckpointError, read_checkpoint
 from ..data.constants import CIFAR_NUM_CLASSES
 from ..zoo import RESULTS_FILENAME, WEIGHTS_FILENAME, build_manifest, checkpoints_dir, tag_dataset, write_manifest
@@ -170,9 +171,8 @@ def _check_name(name_tag: str) -> Tuple[str, str, str]:
     name, _, tag = name_tag.partition('.')
     if not tag:
         raise PublishError(f'Name the checkpoint as <model>.<tag>, e.g. resnet20_frelu.gpu_cifar10, not {name_tag!r}.')
-    if name not in list_models():
-        raise PublishError(f'Unknown model {name!r}: publish a registered model (`timm-frelu models` lists them).')
     try:
+        check_model_name(name)
         return name, tag_dataset(tag), tag
     except ValueError as err:
         raise PublishError(str(err)) from None
