@@ -148,17 +148,20 @@ def test_unknown_model_name_is_a_clear_error():
 
 @pytest.mark.parametrize('name, message', [
     ('resnet19_frelu', "Unknown model 'resnet19_frelu'. Did you mean resnet18_frelu"),
-    ('resnet20_frelu.nope', "resnet20_frelu has no weights tagged 'nope'; its tags: cifar10"),
-    ('resnet18_frelu.cifar10', "resnet18_frelu has no weights tagged 'cifar10'; its tags: none"),
+    ('resnet20_frelu.nope', "resnet20_frelu has no tag 'nope'; its tags: cifar10, cifar100, tuned30_cifar10"),
+    ('resnet50.cifar10', "resnet50 has no tag 'cifar10'; its tags: a1_in1k"),
 ])
 def test_the_commands_model_check_names_what_was_meant(name, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         check_model_name(name)
 
 
-@pytest.mark.parametrize('name', ['resnet20_frelu', 'resnet20_frelu.cifar10', 'resnet50', 'resnet50.a1_in1k', 'hf-hub:org/repo'])
+@pytest.mark.parametrize('name', ['resnet20_frelu', 'resnet20_frelu.cifar10', 'resnet18_frelu.cifar100', 'resnet50',
+                                  'resnet50.a1_in1k', 'hf-hub:org/repo'])
 def test_the_commands_model_check_passes_what_timm_can_create(name):
     check_model_name(name)
+    if not name.startswith('hf-hub:'):
+        timm.create_model(name)
 
 
 def test_pretrained_without_weights_fails_at_once_and_names_the_weights_that_exist(monkeypatch):

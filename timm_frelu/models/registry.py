@@ -19,7 +19,8 @@ def check_model_name(name: str) -> None:
         hint = f" Did you mean {', '.join(close)}?" if close else ''
         raise ValueError(f'Unknown model {arch!r}.{hint} `timm-frelu models` lists the FReLU zoo\'s models, '
                          'timm.list_models() all of timm\'s.')
-    tags = [n.partition('.')[2] for n in timm.list_pretrained(arch) if n.partition('.')[0] == arch]
+    # Every tag of the model's pretrained configs, with weights or without (timm creates both).
+    tags = [n.partition('.')[2] for n in timm.list_models(arch, include_tags=True)]
     if tag and tag not in tags:
-        raise ValueError(f'{arch} has no weights tagged {tag!r}; its tags: {", ".join(tags) or "none"} '
+        raise ValueError(f'{arch} has no tag {tag!r}; its tags: {", ".join(tags) or "none"} '
                          f'(or give {arch} alone for the default).')
