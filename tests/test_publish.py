@@ -270,3 +270,27 @@ def test_a_published_folder_republishes_in_place_with_its_records(published, dat
         assert after[key] == before[key], key
     assert after['evaluations'][0]['top1'] == before['evaluations'][0]['top1']
     assert (again / 'recipe.yaml').read_text() == (published / 'recipe.yaml').read_text()
+
+
+def test_a_run_recorded_without_a_card_counts_in_the_report_beside_the_published_seed(published, run_dir, data_dir,
+                                                                                        tmp_path):
+    """An extra seed is recorded as a published weight is evaluated (the stored fp16 file), with no
+    card, so it cannot be pushed as a tag's weights; the report averages it with the published one."""
+    from timm_frelu.cli import main as cli_main
+    from timm_frelu.hub.push import check_folder
+    from timm_frelu.report import build_rows, load_results
+    record_root = tmp_path / 'seeds' / 'run-seed1'
+    recorded = publish(run_dir, NAME, output_root=record_root, eval_datasets=['folder'], data_dir=str(data_dir),
+                       card=False)
+    assert {p.name for p in recorded.iterdir()} == {'model.safetensors', 'config.json', 'results.json', 'recipe.yaml',
+                                                   'summary.csv'}
+    records = json.loads((recorded / 'results.json').read_text())
+    again = validate(validate_parser.parse_args(['--model', MODEL, '--checkpoint', str(recorded / 'model.safetensors'),
+                                                 '--dataset', 'folder', '--data-dir', str(data_dir)]))
+    assert records['evaluations'][0]['top1'] == again['top1']
+    with pytest.raises(PushError, match='lacks README.md'):
+        check_folder(recorded)
+    rows = build_rows(load_results([published / 'results.json', recorded / 'results.json']), speed=False)
+    assert {row['n'] for row in rows} == {2}
+    # Without --output a record would land among the published weights: refused, naming the fix.
+    assert cli_main(['publish', str(run_dir), '--name', NAME, '--no-card']) == 2

@@ -68,8 +68,9 @@ def _publish(args: argparse.Namespace) -> int:
     from .hub import publish
     folder = publish(Path(args.source), args.name, output_root=Path(args.output) if args.output else None,
                      checkpoint=args.checkpoint, weights=args.weights, dtype=args.dtype,
-                     eval_datasets=args.eval_dataset, data_dir=args.data_dir, figure=not args.no_figure)
-    print(f'published {folder}')
+                     eval_datasets=args.eval_dataset, data_dir=args.data_dir, figure=not args.no_figure,
+                     card=not args.no_card)
+    print(f"{'published' if not args.no_card else 'recorded'} {folder}")
     print((folder / 'results.json').read_text())
     return 0
 
@@ -132,6 +133,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     publish.add_argument('--eval-dataset', nargs='+', default=['shared/cifar10-jpeg', 'shared/cifar10-lossless'])
     publish.add_argument('--data-dir', default=None)
     publish.add_argument('--no-figure', action='store_true', help="skip the figures: the FReLU model's funnel conditions and the learning curve")
+    publish.add_argument('--no-card', action='store_true',
+                         help='record a run that is not a published weight (an extra seed for the report): weights, '
+                              'config and results in --output, evaluated as a published one, without a card or figures')
     publish.set_defaults(run=_publish)
     push = commands.add_parser('push', help='upload a checkpoint folder to the Hugging Face Hub as one commit')
     push.add_argument('folder')

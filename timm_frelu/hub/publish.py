@@ -62,12 +62,17 @@ def publish(
         eval_datasets: Sequence[str] = DEFAULT_EVAL_DATASETS,
         data_dir: Optional[str] = None,
         figure: bool = True,
+        card: bool = True,
 ) -> Path:
     """Export ``source`` (a run folder, or a checkpoint file in one) as ``<output_root>/<name_tag>``.
 
     ``name_tag`` is ``<model>.<recipe>_<dataset>`` (or ``<model>.<dataset>``), timm's tag style; the
     run's classifier must fit the dataset. Publishing into the zoo's own checkpoints folder (no
     ``output_root``) also rewrites the package's manifest of published weights.
+
+    ``card=False`` records a run that is not a published weight (an extra seed for the report): the
+    same weights file, config and results, evaluated the same way, without the model card and its
+    figures, so it cannot be pushed to the Hub or taken for a tag's weights.
     """
     name, dataset, tag = _check_name(name_tag)
     source = Path(source)
@@ -99,6 +104,9 @@ def publish(
     model.load_state_dict(state_dict)
 
     zoo_root = checkpoints_dir()
+    if not card and output_root is None:
+        raise PublishError(f'A run recorded without a card is not a published weight: pass --output, a folder outside '
+                           f'the checkpoints folder, e.g. docs/results/seeds/{run_dir.name}.')
     if output_root is None and zoo_root is None:
         raise PublishError('No checkpoints folder to publish into: pass --output, or set $TIMM_FRELU_CHECKPOINTS.')
     output_root = Path(output_root) if output_root else zoo_root
@@ -133,10 +141,11 @@ def publish(
             evaluations=evaluations,
         )
         write_json_atomic(stage / RESULTS_FILENAME, results)
-        has_figure = figure and _draw_figure(f'{name}.{dataset}', stage, data_dir)
-        if figure and (stage / 'summary.csv').is_file():
-            _draw_learning_curve(name_tag, stage, run_args)
-        (stage / 'README.md').write_text(render_card(name_tag, results, run_args, stage, has_figure))
+        if card:
+            has_figure = figure and _draw_figure(f'{name}.{dataset}', stage, data_dir)
+            if figure and (stage / 'summary.csv').is_file():
+                _draw_learning_curve(name_tag, stage, run_args)
+            (stage / 'README.md').write_text(render_card(name_tag, results, run_args, stage, has_figure))
 
         # mkdtemp makes a private folder; a published one is readable like any checkout.
         stage.chmod(0o755)
