@@ -113,3 +113,22 @@ def test_a_missing_published_folder_is_a_clear_error(tmp_path, capsys):
                                         runs=[{'experiment': 'a', 'published': str(tmp_path / 'nowhere')}])))
     assert cli_main(['train-queue', str(path)]) == 2
     assert 'publish the run first' in capsys.readouterr().err
+
+
+def test_a_snapshot_names_a_finished_run_that_a_fresh_checkout_would_train_again(queue_file, tmp_path, capsys):
+    spec = yaml.safe_load(queue_file.read_text())
+    epochs = spec['defaults']['epochs']
+    for run in spec['runs']:
+        run_dir = tmp_path / 'runs' / run['experiment']
+        run_dir.mkdir(parents=True)
+        (run_dir / 'summary.csv').write_text('epoch,eval_top1\n' + ''.join(f'{e},50\n' for e in range(epochs)))
+    published = tmp_path / 'checkpoints' / 'second'
+    shutil.copytree(tmp_path / 'runs' / 'second', published)
+    spec['runs'][1]['published'] = str(published)
+    queue_file.write_text(yaml.safe_dump(spec))
+
+    assert cli_main(['train-queue', str(queue_file), '--snapshot', str(tmp_path / 'in-progress')]) == 0
+    out = capsys.readouterr().out
+    assert 'first: finished, but its queue entry has no published: folder' in out
+    assert 'timm-frelu publish ' in out and '--name resnet20_relu.<tag>' in out
+    assert 'second:' not in out

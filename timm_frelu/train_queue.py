@@ -19,8 +19,8 @@ run one queue at once: each run is locked while one trains it, the others take t
 A run's ``published`` folder (``timm-frelu publish`` output) counts as its record when the run
 folder has no summary, so a fresh checkout does not train a published run again. Across machines,
 ``--snapshot DIR`` copies each unfinished run's resumable state (``args.yaml``, ``summary.csv``,
-``last.pth.tar``) to ``DIR/<experiment>/`` (a folder to commit) and drops the snapshots of runs
-that have finished; ``--restore DIR`` copies a snapshot back when it is further along than the
+``last.pth.tar``) to ``DIR/<experiment>/`` (a folder to commit), drops the snapshots of runs
+that have finished, and names any finished run whose entry lacks ``published``; ``--restore DIR`` copies a snapshot back when it is further along than the
 run folder, then trains as usual.
 """
 import argparse
@@ -115,6 +115,11 @@ def snapshot_queue(spec: Dict[str, Any], output: Path, keep: Path) -> Dict[str, 
             if kept.exists():
                 shutil.rmtree(kept)
                 states[experiment] = 'finished: snapshot removed'
+            if _published(run) is None:
+                # Only the queue file travels to a fresh checkout, so without this entry it trains the run again.
+                states[experiment] = (f'finished, but its queue entry has no published: folder, so a fresh checkout '
+                                      f'would train it again; publish it (timm-frelu publish {run_dir} --name '
+                                      f'{args.model}.<tag>) and add published: <that folder> to the entry')
         elif state == 'resume':
             copy_run_state(run_dir, kept)
             states[experiment] = f'snapshot kept, {epochs_done(kept)} of {args.epochs} epochs done'
