@@ -20,8 +20,8 @@ A run's ``published`` folder (``timm-frelu publish`` output) counts as its recor
 folder has no summary, so a fresh checkout does not train a published run again. Across machines,
 ``--snapshot DIR`` copies each unfinished run's resumable state (``args.yaml``, ``summary.csv``,
 ``last.pth.tar``) to ``DIR/<experiment>/`` (a folder to commit), drops the snapshots of runs
-that have finished, and names any finished run whose entry lacks ``published``; ``--restore DIR`` copies a snapshot back when it is further along than the
-run folder, then trains as usual.
+that have finished, and names any finished run whose entry lacks ``published``; ``--restore DIR``
+copies a snapshot back when it is further along than the run folder, then trains as usual.
 """
 import argparse
 import csv
