@@ -59,6 +59,32 @@ def test_validate_a_checkpoint_with_another_class_count(tmp_path, data_dir):
     assert result.returncode == 2 and 'pass --num-classes 5' in _error_line(result)
 
 
+@pytest.mark.parametrize('command', ['validate', 'train'])
+def test_pretrained_weights_that_do_not_exist_are_refused_before_any_work(command, data_dir, tmp_path):
+    output = ['--output', str(tmp_path / 'out')] if command == 'train' else []
+    result = _cli('-m', f'timm_frelu.{command}', '--model', 'resnet20_frelu.cifar100', '--pretrained',
+                  '--dataset', 'folder', '--data-dir', str(data_dir), *output, cwd=tmp_path)
+    assert result.returncode == 2 and 'Traceback' not in result.stderr
+    assert 'No pretrained weights exist for resnet20_frelu.cifar100. Published weights: ' in _error_line(result)
+    assert not any(tmp_path.iterdir())
+
+
+def test_validate_shipped_weights_that_fail_their_sha256(data_dir, tmp_path):
+    folder = tmp_path / 'checkpoints' / 'resnet20_frelu.cifar10'
+    folder.mkdir(parents=True)
+    weights = folder / 'model.safetensors'
+    save_file(timm.create_model('resnet20_frelu').state_dict(), weights)
+    (folder / 'results.json').write_text(json.dumps(dict(weights_sha256=file_sha256(weights))))
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    result = _cli('-m', 'timm_frelu.validate', '--model', 'resnet20_frelu.cifar10', '--pretrained',
+                  '--dataset', 'folder', '--data-dir', str(data_dir),
+                  env=dict(TIMM_FRELU_CHECKPOINTS=str(folder.parent), HF_HUB_OFFLINE='1'))
+    assert result.returncode == 2 and 'Traceback' not in result.stderr
+    assert 'results.json publishes' in _error_line(result) and 'Delete it and download or restore it' in _error_line(result)
+
+
 def test_validate_with_batch_size_zero(data_dir):
     result = _cli('-m', 'timm_frelu.validate', '-b', '0', '--dataset', 'folder', '--data-dir', str(data_dir))
     assert result.returncode == 2 and '--batch-size must be at least 1, got 0' in _error_line(result)

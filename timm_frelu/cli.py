@@ -155,9 +155,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     from .data import DataError
     from .hub import PublishError, PushError
+    from .zoo import PretrainedWeightsError
     try:
         return args.run(args)
-    except (PublishError, PushError, DataError, ValueError) as err:
+    except (PublishError, PushError, DataError, PretrainedWeightsError, ValueError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
 

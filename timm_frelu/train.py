@@ -55,6 +55,7 @@ from timm_frelu.fileio import YamlFileError, read_yaml_mapping, write_text_atomi
 from timm_frelu.models.registry import check_model_name
 from timm_frelu.layers.cpu_kernels import cpu_kernels
 from timm_frelu.optim import WEIGHT_DECAY_EXCLUDES, weight_decay_param_groups
+from timm_frelu.zoo import PretrainedWeightsError
 
 _logger = logging.getLogger('train')
 
@@ -512,7 +513,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
         train(args)
-    except (NonFiniteLossError, DataError, FileNotFoundError, CheckpointError, ValueError) as err:
+    except (NonFiniteLossError, DataError, FileNotFoundError, CheckpointError, PretrainedWeightsError, ValueError) as err:
         _logger.error(str(err))
         return 2
     return 0

@@ -36,7 +36,8 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet, make_blocks
 
 from ..data.constants import CIFAR10_CLASSES, CIFAR_MEAN_STD, CIFAR_NUM_CLASSES
 from ..layers import ACT_TITLES, BLOCK_ACTIVATIONS, KernelLayoutConv2d
-from ..zoo import PublishedWeights, WeightsNotFound, published_weights, resolve_weights, shipped_weights, tag_dataset
+from ..zoo import (PretrainedWeightsError, PublishedWeights, WeightsNotFound, published_weights, resolve_weights,
+                   shipped_weights, tag_dataset)
 from .blocks import ACT_LAYOUTS, block_classes
 
 __all__ = ['CifarResNet', 'ACT_LAYOUTS', 'STEMS']
@@ -191,14 +192,14 @@ def _create_resnet(variant: str, pretrained: bool = False, stem: str = 'cifar', 
         name = f'{variant}.{cfg.tag}' if cfg.tag else variant
         if not cfg.has_weights:
             published = ', '.join(w.name_tag for w in published_weights()) or 'none yet'
-            raise RuntimeError(
+            raise PretrainedWeightsError(
                 f'No pretrained weights exist for {name}. Published weights: {published} '
                 f"(timm.list_pretrained('*_frelu*') lists them). Build it untrained with pretrained=False, "
                 f"or load weights of your own with pretrained_cfg_overlay=dict(file='model.safetensors').")
         try:
             weights = resolve_weights(cfg)
         except WeightsNotFound as err:
-            raise RuntimeError(
+            raise PretrainedWeightsError(
                 f'The pretrained weights of {name} could not be loaded: {err}. Use pretrained=False, train weights '
                 f"with the training script, or load a file with pretrained_cfg_overlay=dict(file='model.safetensors').") from None
         kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, file=str(weights), source='')

@@ -9,7 +9,12 @@ from .layout import RESULTS_FILENAME, WEIGHTS_FILENAME, published_sha256
 from .manifest import find_weights
 
 
-class WeightsNotFound(RuntimeError):
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained weights that do not exist, cannot be fetched, or fail their SHA256 check; the
+    command-line tools report it in one line."""
+
+
+class WeightsNotFound(PretrainedWeightsError):
     pass
 
 
@@ -20,7 +25,7 @@ def verify_weights(path: Path, expected: Optional[str], publisher: str) -> None:
         return
     actual = file_sha256(path)
     if actual != expected:
-        raise RuntimeError(
+        raise PretrainedWeightsError(
             f'{path} has SHA256 {actual}, but {publisher} publishes {expected}: the file is corrupt or was '
             f'changed. Delete it and download or restore it again.')
 
