@@ -67,6 +67,12 @@ def test_unknown_dataset_and_missing_folder_are_clear_errors(tmp_path):
         load_split('folder', 'train', data_dir=str(tmp_path))
 
 
+def test_a_split_that_is_not_there_names_the_ones_that_are(tmp_path):
+    make_image_folder(tmp_path, num_classes=2, per_class=1)
+    with pytest.raises(DataError, match=r"No split 'val' in .*, which has the folders test, train\. Pass one of those"):
+        load_split('folder', 'val', data_dir=str(tmp_path))
+
+
 def test_undecodable_image_is_named(tmp_path):
     make_image_folder(tmp_path, num_classes=2, per_class=2, splits=('train',))
     (tmp_path / 'train' / 'class_000' / 'broken.png').write_bytes(b'not a png')

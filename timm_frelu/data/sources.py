@@ -144,6 +144,13 @@ def _load_torchvision(dataset: str, split: str, data_dir: Path, download: bool) 
 
 def _scan_folder(root: Path) -> Tuple[List[str], List[Tuple[Path, int]]]:
     if not root.is_dir():
+        folders = sorted(p.name for p in root.parent.iterdir() if p.is_dir()) if root.parent.is_dir() else []
+        if folders:  # most likely the data is there and the split name is wrong
+            shown = ', '.join(folders[:10]) + (', ...' if len(folders) > 10 else '')
+            raise DataError(
+                f'No split {root.name!r} in {root.parent.resolve()}, which has the folders {shown}. Pass one of '
+                f'those as the split (--split; in training --train-split, --val-split), or set --data-dir to a '
+                f'folder laid out as <data-dir>/<split>/<class>/<image>.')
         raise DataError(
             f'No image folder at {root.resolve()}. Expected <data-dir>/<split>/<class>/<image> '
             f'(for example train/cat/0001.png); set --data-dir and the split names to match.')
