@@ -72,6 +72,16 @@ def test_published_folder_holds_fp16_ema_weights_config_results_and_card(publish
     assert (published / 'learning_curve.png').read_bytes().startswith(b'\x89PNG')
 
 
+def test_the_published_config_describes_these_weights_not_the_names_earlier_ones(published):
+    # resnet20_frelu.cifar10, which the run trained as, has weights of its own in the manifest.
+    results = json.loads((published / 'results.json').read_text())
+    cfg = timm.create_model(f'local-dir:{published}').pretrained_cfg
+    assert cfg['tag'] == 'test_cifar10' and cfg['origin_url'] == f'https://huggingface.co/timm-frelu/{NAME}'
+    assert cfg['description'] == f"1 epochs on folder/train; SHA256 {results['weights_sha256']}"
+    recorded = results['evaluations'][0]
+    assert list(cfg['notes']) == [f"top-1 {recorded['top1']:.2f}% on folder ({recorded['data']['dataset']}/test)"]
+
+
 def test_local_dir_loading_gives_the_published_model(published):
     model = timm.create_model(f'local-dir:{published}', pretrained=True)
     reference = timm.create_model(MODEL, pretrained=True, pretrained_cfg_overlay=dict(file=str(published / 'model.safetensors')))
@@ -290,6 +300,8 @@ def test_a_run_recorded_without_a_card_counts_in_the_report_beside_the_published
     assert records['evaluations'][0]['top1'] == again['top1']
     with pytest.raises(PushError, match='lacks README.md'):
         check_folder(recorded)
+    config = json.loads((recorded / 'config.json').read_text())['pretrained_cfg']
+    assert 'origin_url' not in config and records['weights_sha256'] in config['description']  # no Hub repo of its own
     rows = build_rows(load_results([published / 'results.json', recorded / 'results.json']), speed=False)
     assert {row['n'] for row in rows} == {2}
     # Without --output a record would land among the published weights: refused, naming the fix.

@@ -58,6 +58,13 @@ def test_folder_is_complete_and_its_hash_matches(folder):
 
 
 @shipped
+def test_config_json_describes_the_folders_own_weights(folder):
+    cfg = json.loads((folder / 'config.json').read_text())['pretrained_cfg']
+    assert cfg['tag'] == folder.name.split('.', 1)[1] and cfg['origin_url'] == f'https://huggingface.co/timm-frelu/{folder.name}'
+    assert _results(folder)['weights_sha256'] in cfg['description']
+
+
+@shipped
 def test_pretrained_loads_the_shipped_file_offline(folder):
     model = timm.create_model(folder.name, pretrained=True)
     assert model.pretrained_cfg['hf_hub_id'] == f'timm-frelu/{folder.name}'

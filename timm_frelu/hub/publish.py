@@ -29,7 +29,8 @@ from ..fileio import file_sha256, write_json_atomic
 from ..models.registry import check_model_name
 from ..checkpoint import CheckpointError, read_checkpoint
 from ..data.constants import CIFAR_NUM_CLASSES
-from ..zoo import RESULTS_FILENAME, WEIGHTS_FILENAME, build_manifest, checkpoints_dir, tag_dataset, write_manifest
+from ..zoo import (RESULTS_FILENAME, WEIGHTS_CFG_FIELDS, WEIGHTS_FILENAME, build_manifest, checkpoints_dir, tag_dataset,
+                   weights_entry, write_manifest)
 from ..validate import validate, validation_args
 from ..figures import plot_learning_curve
 from .card import LEARNING_CURVE_FILENAME, render_card
@@ -100,7 +101,8 @@ def publish(
             f'its run folder, or load its weights with pretrained_cfg_overlay=dict(file=...).')
 
     model_args = dict(run_args.get('model_kwargs') or {})
-    model = create_model(f'{name}.{dataset}', **model_args)
+    # Without the fields that describe the weights the name may already have: config.json describes these.
+    model = create_model(f'{name}.{dataset}', pretrained_cfg_overlay=dict.fromkeys(WEIGHTS_CFG_FIELDS), **model_args)
     model.load_state_dict(state_dict)
 
     zoo_root = checkpoints_dir()
@@ -117,8 +119,6 @@ def publish(
     try:
         stored = {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in model.state_dict().items()}
         save_file(stored, stage / WEIGHTS_FILENAME, metadata={'format': 'pt'})
-        save_config_for_hf(model, str(stage / 'config.json'), model_config={'pretrained_cfg': {'tag': tag}},
-                           model_args=model_args or None)
         if run_args:
             (stage / 'recipe.yaml').write_text(yaml.safe_dump(portable_args(run_args), sort_keys=False))
         if (run_dir / 'summary.csv').is_file():
@@ -141,6 +141,11 @@ def publish(
             evaluations=evaluations,
         )
         write_json_atomic(stage / RESULTS_FILENAME, results)
+        described = weights_entry(results, portable_args(run_args), num_classes).pretrained_cfg_fields()
+        if not card:  # a record kept in the repo, never a Hub repo of its own
+            described.pop('origin_url')
+        save_config_for_hf(model, str(stage / 'config.json'), model_config={'pretrained_cfg': dict(tag=tag, **described)},
+                           model_args=model_args or None)
         if card:
             has_figure = figure and _draw_figure(f'{name}.{dataset}', stage, data_dir)
             if figure and (stage / 'summary.csv').is_file():

@@ -252,13 +252,7 @@ def _cfg(name: str, tag: str, num_stages: int, weights: Optional[PublishedWeight
     )
     if weights is not None:
         shipped = shipped_weights(name, tag)
-        cfg.update(
-            hf_hub_id=weights.hf_hub_id,
-            file=str(shipped) if shipped else None,
-            origin_url=f'https://huggingface.co/{weights.hf_hub_id}',
-            description=f'{weights.epochs} epochs on {weights.train_data}; SHA256 {weights.sha256}',
-            notes=tuple(f"top-1 {m['top1']:.2f}% on {m['description']} ({m['data']})" for m in weights.metrics),
-        )
+        cfg.update(hf_hub_id=weights.hf_hub_id, file=str(shipped) if shipped else None, **weights.pretrained_cfg_fields())
     return cfg
 
 

@@ -10,12 +10,13 @@ install, so a wheel knows which weights exist, what they scored and what their f
 """
 from .layout import (CHECKPOINTS_ENV, HF_HUB_ORG, RESULTS_FILENAME, WEIGHTS_FILENAME, checkpoints_dir, hub_repo_id,
                      published_sha256, shipped_weights, tag_dataset)
-from .manifest import MANIFEST_FILE, PublishedWeights, build_manifest, find_weights, load_manifest, published_weights, write_manifest
+from .manifest import (MANIFEST_FILE, WEIGHTS_CFG_FIELDS, PublishedWeights, build_manifest, find_weights, load_manifest,
+                       published_weights, weights_entry, write_manifest)
 from .weights import PretrainedWeightsError, WeightsNotFound, resolve_weights, verify_weights
 
 __all__ = [
     'CHECKPOINTS_ENV', 'HF_HUB_ORG', 'MANIFEST_FILE', 'RESULTS_FILENAME', 'WEIGHTS_FILENAME', 'PretrainedWeightsError',
-    'PublishedWeights', 'WeightsNotFound', 'build_manifest', 'checkpoints_dir', 'find_weights', 'hub_repo_id', 'load_manifest',
-    'published_sha256', 'published_weights', 'resolve_weights', 'shipped_weights', 'tag_dataset', 'verify_weights',
-    'write_manifest',
+    'PublishedWeights', 'WEIGHTS_CFG_FIELDS', 'WeightsNotFound', 'build_manifest', 'checkpoints_dir', 'find_weights',
+    'hub_repo_id', 'load_manifest', 'published_sha256', 'published_weights', 'resolve_weights', 'shipped_weights',
+    'tag_dataset', 'verify_weights', 'weights_entry', 'write_manifest',
 ]

@@ -14,6 +14,8 @@ from ..fileio import write_json_atomic
 from .layout import RESULTS_FILENAME, hub_repo_id, tag_dataset
 
 MANIFEST_FILE = Path(__file__).with_name('manifest.json')
+# The pretrained-config fields that describe one set of weights (PublishedWeights.pretrained_cfg_fields).
+WEIGHTS_CFG_FIELDS = ('origin_url', 'description', 'notes')
 
 
 @dataclass(frozen=True)
@@ -41,13 +43,26 @@ class PublishedWeights:
     def dataset(self) -> str:
         return tag_dataset(self.tag)
 
+    def pretrained_cfg_fields(self) -> Dict[str, Any]:
+        """What a pretrained config says of these weights: where they are published, how they
+        were trained, what they score."""
+        return dict(
+            origin_url=f'https://huggingface.co/{self.hf_hub_id}',
+            description=f'{self.epochs} epochs on {self.train_data}; SHA256 {self.sha256}',
+            notes=tuple(f"top-1 {m['top1']:.2f}% on {m['description']} ({m['data']})" for m in self.metrics),
+        )
+
 
 def manifest_entry(folder: Path) -> PublishedWeights:
     """The manifest entry of one published checkpoint folder."""
-    results = json.loads((folder / RESULTS_FILENAME).read_text())
     recipe_file = folder / 'recipe.yaml'
     recipe = yaml.safe_load(recipe_file.read_text()) if recipe_file.is_file() else {}
     config = json.loads((folder / 'config.json').read_text())
+    return weights_entry(json.loads((folder / RESULTS_FILENAME).read_text()), recipe, config['num_classes'])
+
+
+def weights_entry(results: Dict[str, Any], recipe: Dict[str, Any], num_classes: int) -> PublishedWeights:
+    """The manifest entry of weights with these ``results.json`` and ``recipe.yaml`` contents."""
     name, tag = results['model'].split('.', 1)
     metrics = [
         dict(data=f"{e['data']['dataset']}/{e['data']['split']}",
@@ -56,7 +71,7 @@ def manifest_entry(folder: Path) -> PublishedWeights:
         for e in results['evaluations'] if not e.get('tta_flip')]
     train_data = f"{recipe.get('dataset')}/{recipe.get('train_split', 'train')}" if recipe.get('dataset') else 'not recorded'
     return PublishedWeights(name=name, tag=tag, sha256=results['weights_sha256'], dtype=results['weights_dtype'],
-                            num_classes=config['num_classes'], epochs=recipe.get('epochs'), train_data=train_data,
+                            num_classes=num_classes, epochs=recipe.get('epochs'), train_data=train_data,
                             metrics=metrics)
 
 
