@@ -9,6 +9,7 @@ import sys
 import pytest
 import timm
 import torch
+import yaml
 from safetensors.torch import save_file
 
 from conftest import kill_when, make_image_folder
@@ -50,6 +51,32 @@ def test_validate_a_truncated_weights_file(tmp_path, data_dir):
     result = _cli('-m', 'timm_frelu.validate', '--checkpoint', str(weights), '--dataset', 'folder', '--data-dir', str(data_dir))
     assert result.returncode == 2 and 'Traceback' not in result.stderr
     assert 'cannot be read' in _error_line(result) and 'truncated, damaged' in _error_line(result)
+
+
+def test_show_frelu_of_a_damaged_checkpoint(tmp_path, data_dir):
+    # The subcommands of `timm-frelu` report every error of the package's own (TimmFreluError) in one
+    # line, not only those each was written to expect.
+    damaged = tmp_path / 'last.pth.tar'
+    damaged.write_bytes(b'not a checkpoint')
+    result = _cli('-m', 'timm_frelu.cli', 'show-frelu', '--checkpoint', str(damaged), '--dataset', 'folder',
+                  '--data-dir', str(data_dir), '--output', str(tmp_path / 'frelu'))
+    assert result.returncode == 2 and 'Traceback' not in result.stderr
+    assert 'cannot be read' in _error_line(result) and str(damaged) in _error_line(result)
+
+
+def test_train_queue_with_a_damaged_last_checkpoint(tmp_path, data_dir):
+    # An error from training itself (here reading the run's last checkpoint), not only from the queue
+    # file, is reported in one line.
+    run = tmp_path / 'runs' / 'first'
+    run.mkdir(parents=True)
+    (run / 'last.pth.tar').write_bytes(b'not a checkpoint')
+    queue = tmp_path / 'queue.yaml'
+    queue.write_text(yaml.safe_dump(dict(
+        output=str(tmp_path / 'runs'), runs=[dict(experiment='first', args=dict(model='resnet20_relu', epochs=1))],
+        defaults=dict(dataset='folder', data_dir=str(data_dir), batch_size=20, threads=1))))
+    result = _cli('-m', 'timm_frelu.cli', 'train-queue', str(queue))
+    assert result.returncode == 2 and 'Traceback' not in result.stderr
+    assert 'cannot be read' in _error_line(result) and str(run / 'last.pth.tar') in _error_line(result)
 
 
 def test_validate_a_checkpoint_with_another_class_count(tmp_path, data_dir):

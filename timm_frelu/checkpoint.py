@@ -13,8 +13,10 @@ import torch
 from safetensors.torch import load_file
 from timm.models import clean_state_dict
 
+from .errors import TimmFreluError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(TimmFreluError, RuntimeError):
     """A weights file that cannot be read, or does not fit the model it is loaded into."""
 
 

@@ -153,12 +153,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         from importlib import import_module
         return import_module(f'.{argv[0].replace("-", "_")}', __package__).main(argv[1:])
     args = parser.parse_args(argv)
-    from .data import DataError
-    from .hub import PublishError, PushError
-    from .zoo import PretrainedWeightsError
+    from .errors import COMMAND_LINE_ERRORS
     try:
         return args.run(args)
-    except (PublishError, PushError, DataError, PretrainedWeightsError, ValueError) as err:
+    except COMMAND_LINE_ERRORS as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
 

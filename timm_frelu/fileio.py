@@ -9,6 +9,8 @@ from typing import Any, Dict
 
 import yaml
 
+from .errors import TimmFreluError
+
 
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
@@ -18,7 +20,7 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-class YamlFileError(ValueError):
+class YamlFileError(TimmFreluError, ValueError):
     """A YAML file named on the command line is missing, unreadable or not a mapping."""
 
 

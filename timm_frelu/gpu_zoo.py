@@ -45,7 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .fileio import YamlFileError, file_sha256, read_yaml_mapping, write_json_atomic, write_text_atomic
+from .errors import TimmFreluError
+from .fileio import file_sha256, read_yaml_mapping, write_json_atomic, write_text_atomic
 from .zoo import tag_dataset
 
 _logger = logging.getLogger('gpu_zoo')
@@ -60,7 +61,7 @@ DEVICE_PYTHON = '3.12'
 DATA_FOLDER, WHEEL_FOLDER = '.zoo-data', '.whl'
 
 
-class GpuZooError(RuntimeError):
+class GpuZooError(TimmFreluError, RuntimeError):
     pass
 
 
@@ -400,8 +401,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     pub.add_argument('--eval-dataset', nargs='+', default=None)
     pub.add_argument('--data-dir', default=None)
     args = parser.parse_args(argv)
-    from .data import DataError
-    from .hub import PublishError
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s: %(message)s')
     try:
         if args.command == 'run':
@@ -416,7 +415,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             for folder in publish_returned(Path(args.returned), work_dir, Path(args.output) if args.output else None,
                                            args.include_cut_off, args.eval_dataset, args.data_dir):
                 print(f'published {folder}')
-    except (GpuZooError, PublishError, DataError, YamlFileError, OSError) as err:
+    except (TimmFreluError, OSError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
     return 0

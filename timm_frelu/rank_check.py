@@ -23,7 +23,8 @@ from typing import Any, Dict, List, Optional
 
 import optuna
 
-from .fileio import YamlFileError, write_text_atomic
+from .errors import TimmFreluError
+from .fileio import write_text_atomic
 from .figures import read_epochs
 from .sweep import SweepError, default_storage, direction, load_sweep
 from .train_queue import QueueError, load_queue, run_args
@@ -111,7 +112,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         runs = Path(args.runs or queue.get('output', 'output/queue'))
         command = ' '.join(['timm-frelu rank-check', args.queue, '--studies', args.studies, '--runs', str(runs)])
         text = render(rank_check(queue, Path(args.studies), runs), command)
-    except (QueueError, SweepError, YamlFileError, KeyError) as err:
+    except (TimmFreluError, KeyError) as err:
         print(f'timm-frelu rank-check: {err}', file=sys.stderr)
         return 2
     if args.output:

@@ -43,16 +43,17 @@ import yaml
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
+from .errors import TimmFreluError
 from .figures import pyplot
 from .hub.provenance import reproduce_command
-from .fileio import YamlFileError, read_yaml_mapping, write_text_atomic
+from .fileio import read_yaml_mapping, write_text_atomic
 from .train import NonFiniteLossError, train, training_args
 
 _logger = logging.getLogger('sweep')
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-class SweepError(ValueError):
+class SweepError(TimmFreluError, ValueError):
     pass
 
 
@@ -390,7 +391,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         return _run(args)
-    except (SweepError, YamlFileError) as err:
+    except TimmFreluError as err:
         print(f'timm-frelu sweep: {err}', file=sys.stderr)
         return 2
 

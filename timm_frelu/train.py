@@ -47,15 +47,15 @@ from timm.utils.summary import trim_summary
 
 from timm_frelu import FReLU  # importing timm_frelu registers the models
 from timm_frelu.args import override_args
-from timm_frelu.checkpoint import CheckpointError, load_weights, read_checkpoint
+from timm_frelu.checkpoint import load_weights, read_checkpoint
 from timm_frelu.data import DataError, TensorLoader, load_split
 from timm_frelu.data.sources import check_same_size
+from timm_frelu.errors import COMMAND_LINE_ERRORS, TimmFreluError
 from timm_frelu.evaluation import evaluate
 from timm_frelu.fileio import YamlFileError, read_yaml_mapping, write_text_atomic
 from timm_frelu.models.registry import check_model_name
 from timm_frelu.layers.cpu_kernels import cpu_kernels
 from timm_frelu.optim import WEIGHT_DECAY_EXCLUDES, weight_decay_param_groups
-from timm_frelu.zoo import PretrainedWeightsError
 
 _logger = logging.getLogger('train')
 
@@ -176,7 +176,7 @@ class AtomicCheckpointSaver(CheckpointSaver):
         os.replace(tmp, dst)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(TimmFreluError, RuntimeError):
     """The training loss became NaN or infinite."""
 
 
@@ -513,7 +513,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
         train(args)
-    except (NonFiniteLossError, DataError, FileNotFoundError, CheckpointError, PretrainedWeightsError, ValueError) as err:
+    except COMMAND_LINE_ERRORS as err:
         _logger.error(str(err))
         return 2
     return 0

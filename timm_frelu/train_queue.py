@@ -33,13 +33,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
-from .fileio import YamlFileError, copy_file_atomic, read_yaml_mapping
+from .errors import TimmFreluError
+from .fileio import copy_file_atomic, read_yaml_mapping
 from .train import check_args, train, training_args
 
 _logger = logging.getLogger('train_queue')
 
 
-class QueueError(ValueError):
+class QueueError(TimmFreluError, ValueError):
     pass
 
 
@@ -213,7 +214,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 for experiment, state in restore_queue(spec, output, Path(args.restore)).items():
                     print(f'{experiment}: {state}')
             states = run_queue(spec, output)
-    except (QueueError, YamlFileError) as err:
+    except TimmFreluError as err:
         print(f'timm-frelu train-queue: {err}', file=sys.stderr)
         return 2
     for experiment, state in states.items():

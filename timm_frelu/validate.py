@@ -26,11 +26,11 @@ from timm.utils import ParseKwargs, setup_default_logging
 
 import timm_frelu  # noqa: F401  registers the FReLU models
 from timm_frelu.args import override_args
-from timm_frelu.checkpoint import CheckpointError, load_weights
+from timm_frelu.checkpoint import load_weights
 from timm_frelu.data import DataError, TensorLoader, load_split
+from timm_frelu.errors import COMMAND_LINE_ERRORS
 from timm_frelu.fileio import file_sha256, write_json_atomic
 from timm_frelu.models.registry import check_model_name
-from timm_frelu.zoo import PretrainedWeightsError
 from timm_frelu.evaluation import evaluate
 
 _logger = logging.getLogger('validate')
@@ -160,7 +160,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         results = validate(args)
-    except (DataError, FileNotFoundError, CheckpointError, PretrainedWeightsError, ValueError) as err:
+    except COMMAND_LINE_ERRORS as err:
         _logger.error(str(err))
         return 2
     print(format_results(results))

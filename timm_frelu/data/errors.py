@@ -1,2 +1,5 @@
-class DataError(RuntimeError):
+from ..errors import TimmFreluError
+
+
+class DataError(TimmFreluError, RuntimeError):
     """Data that is missing, corrupt or not in the expected layout; the message says how to fix it."""

@@ -25,6 +25,7 @@ from timm.models import create_model
 from timm.models._hub import save_config_for_hf
 
 from ..data import DataError
+from ..errors import TimmFreluError
 from ..fileio import file_sha256, write_json_atomic
 from ..models.registry import check_model_name
 from ..checkpoint import CheckpointError, read_checkpoint
@@ -40,7 +41,7 @@ DEFAULT_EVAL_DATASETS = ('shared/cifar10-jpeg', 'shared/cifar10-lossless')
 DTYPES = {'float16': torch.float16, 'float32': torch.float32, 'bfloat16': torch.bfloat16}
 
 
-class PublishError(RuntimeError):
+class PublishError(TimmFreluError, RuntimeError):
     pass
 
 

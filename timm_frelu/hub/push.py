@@ -19,6 +19,7 @@ try:  # the HTTP client of huggingface_hub 2.x, and of 1.x
 except ImportError:
     from httpx import TransportError
 
+from ..errors import TimmFreluError
 from ..fileio import file_sha256
 from ..zoo import HF_HUB_ORG, RESULTS_FILENAME, WEIGHTS_FILENAME, published_sha256
 
@@ -26,7 +27,7 @@ REQUIRED_FILES = (WEIGHTS_FILENAME, 'config.json', RESULTS_FILENAME, 'README.md'
 T = TypeVar('T')
 
 
-class PushError(RuntimeError):
+class PushError(TimmFreluError, RuntimeError):
     pass
 
 

@@ -4,12 +4,13 @@ from typing import Optional
 
 from timm.models import PretrainedCfg
 
+from ..errors import TimmFreluError
 from ..fileio import file_sha256
 from .layout import RESULTS_FILENAME, WEIGHTS_FILENAME, published_sha256
 from .manifest import find_weights
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(TimmFreluError, RuntimeError):
     """Pretrained weights that do not exist, cannot be fetched, or fail their SHA256 check; the
     command-line tools report it in one line."""
 
