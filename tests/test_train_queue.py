@@ -132,3 +132,22 @@ def test_a_snapshot_names_a_finished_run_that_a_fresh_checkout_would_train_again
     assert 'first: finished, but its queue entry has no published: folder' in out
     assert 'timm-frelu publish ' in out and '--name resnet20_relu.<tag>' in out
     assert 'second:' not in out
+
+
+def test_a_stale_snapshot_of_a_published_run_is_not_restored(queue_file, tmp_path, capsys):
+    spec = yaml.safe_load(queue_file.read_text())
+    summary = 'epoch,eval_top1\n' + ''.join(f'{e},50\n' for e in range(spec['defaults']['epochs']))
+    published, kept = tmp_path / 'checkpoints' / 'first', tmp_path / 'in-progress' / 'first'
+    published.mkdir(parents=True)
+    (published / 'summary.csv').write_text(summary)
+    kept.mkdir(parents=True)
+    (kept / 'summary.csv').write_text(summary.splitlines()[0] + '\n0,50\n')
+    (kept / 'args.yaml').write_text('{}')
+    (kept / 'last.pth.tar').write_bytes(b'a snapshot taken after epoch 0')
+    spec['runs'][0]['published'] = str(published)
+    spec['runs'] = spec['runs'][:1]
+    queue_file.write_text(yaml.safe_dump(spec))
+
+    assert cli_main(['train-queue', str(queue_file), '--restore', str(tmp_path / 'in-progress')]) == 0
+    assert f'first: not restored: published in {published}' in capsys.readouterr().out
+    assert not (tmp_path / 'runs' / 'first').exists()

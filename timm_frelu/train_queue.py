@@ -128,12 +128,18 @@ def snapshot_queue(spec: Dict[str, Any], output: Path, keep: Path) -> Dict[str, 
 
 
 def restore_queue(spec: Dict[str, Any], output: Path, keep: Path) -> Dict[str, str]:
-    """Copy each run's snapshot from ``keep`` into the run folder when it is further along."""
+    """Copy each run's snapshot from ``keep`` into the run folder when it is further along and the
+    run is not already published."""
     states = {}
     for run in spec['runs']:
         experiment = run['experiment']
         kept, run_dir = keep / experiment, output / experiment
         if not (kept / 'last.pth.tar').is_file():
+            continue
+        published = _published(run)
+        if published is not None and run_state(published, run_args(spec, run, output).epochs) == 'done':
+            # A snapshot left from before the run was published would make the queue train it again.
+            states[experiment] = f'not restored: published in {published}; its snapshot is stale'
             continue
         here, there = epochs_done(run_dir), epochs_done(kept)
         if (run_dir / 'last.pth.tar').is_file() and here >= there:
