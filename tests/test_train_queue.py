@@ -151,3 +151,21 @@ def test_a_stale_snapshot_of_a_published_run_is_not_restored(queue_file, tmp_pat
     assert cli_main(['train-queue', str(queue_file), '--restore', str(tmp_path / 'in-progress')]) == 0
     assert f'first: not restored: published in {published}' in capsys.readouterr().out
     assert not (tmp_path / 'runs' / 'first').exists()
+
+
+def test_a_published_run_is_not_trained_again_from_an_older_run_folder(queue_file, tmp_path, capsys):
+    spec = yaml.safe_load(queue_file.read_text())
+    summary = 'epoch,eval_top1\n' + ''.join(f'{e},50\n' for e in range(spec['defaults']['epochs']))
+    published, older = tmp_path / 'checkpoints' / 'first', tmp_path / 'runs' / 'first'
+    published.mkdir(parents=True)
+    (published / 'summary.csv').write_text(summary)
+    older.mkdir(parents=True)
+    (older / 'summary.csv').write_text(summary.splitlines()[0] + '\n0,50\n')
+    (older / 'last.pth.tar').write_bytes(b'this machine stopped after epoch 0')
+    spec['runs'][0]['published'] = str(published)
+    spec['runs'] = spec['runs'][:1]
+    queue_file.write_text(yaml.safe_dump(spec))
+
+    assert cli_main(['train-queue', str(queue_file)]) == 0
+    assert 'first: done' in capsys.readouterr().out
+    assert (older / 'last.pth.tar').read_bytes() == b'this machine stopped after epoch 0'

@@ -16,12 +16,13 @@ others start. So a killed queue, or one cut off when a session ends, continues w
 when the command runs again. Several workers (one per core, say, each with ``threads: 1``) can
 run one queue at once: each run is locked while one trains it, the others take the next.
 
-A run's ``published`` folder (``timm-frelu publish`` output) counts as its record when the run
-folder has no summary, so a fresh checkout does not train a published run again. Across machines,
+A run whose ``published`` folder (``timm-frelu publish`` output) records every epoch is done, so
+neither a fresh checkout nor an older run folder trains a published run again. Across machines,
 ``--snapshot DIR`` copies each unfinished run's resumable state (``args.yaml``, ``summary.csv``,
 ``last.pth.tar``) to ``DIR/<experiment>/`` (a folder to commit), drops the snapshots of runs
 that have finished, and names any finished run whose entry lacks ``published``; ``--restore DIR``
-copies a snapshot back when it is further along than the run folder, then trains as usual.
+copies a snapshot of an unpublished run back when it is further along than the run folder, then
+trains as usual.
 """
 import argparse
 import csv
@@ -85,10 +86,10 @@ def epochs_done(run_dir: Path) -> int:
 
 
 def run_state(run_dir: Path, epochs: int, published: Optional[Path] = None) -> str:
-    """``done`` when the run's summary (or, without one, its published folder's) reaches the last
-    epoch, ``resume`` when it has a ``last`` checkpoint, else ``new``."""
-    record = run_dir if (run_dir / 'summary.csv').is_file() or published is None else published
-    if epochs_done(record) >= epochs:
+    """``done`` when the run's summary or its published folder's reaches the last epoch (a published
+    run is not trained again from an older run folder on this machine), ``resume`` when it has a
+    ``last`` checkpoint, else ``new``."""
+    if any(epochs_done(record) >= epochs for record in (run_dir, published) if record is not None):
         return 'done'
     return 'resume' if (run_dir / 'last.pth.tar').is_file() else 'new'
 
@@ -137,7 +138,7 @@ def restore_queue(spec: Dict[str, Any], output: Path, keep: Path) -> Dict[str, s
         if not (kept / 'last.pth.tar').is_file():
             continue
         published = _published(run)
-        if published is not None and run_state(published, run_args(spec, run, output).epochs) == 'done':
+        if published is not None and epochs_done(published) >= run_args(spec, run, output).epochs:
             # A snapshot left from before the run was published would make the queue train it again.
             states[experiment] = f'not restored: published in {published}; its snapshot is stale'
             continue
