@@ -134,38 +134,34 @@ def test_a_snapshot_names_a_finished_run_that_a_fresh_checkout_would_train_again
     assert 'second:' not in out
 
 
-def test_a_stale_snapshot_of_a_published_run_is_not_restored(queue_file, tmp_path, capsys):
+
+def _publish_first_run_with_an_unfinished_copy(queue_file, tmp_path, unfinished):
+    """Queue only the first run, published with every epoch; ``unfinished`` holds an older copy of
+    it that stopped after epoch 0 (a snapshot, or a run folder on this machine)."""
     spec = yaml.safe_load(queue_file.read_text())
     summary = 'epoch,eval_top1\n' + ''.join(f'{e},50\n' for e in range(spec['defaults']['epochs']))
-    published, kept = tmp_path / 'checkpoints' / 'first', tmp_path / 'in-progress' / 'first'
+    published = tmp_path / 'checkpoints' / 'first'
     published.mkdir(parents=True)
     (published / 'summary.csv').write_text(summary)
-    kept.mkdir(parents=True)
-    (kept / 'summary.csv').write_text(summary.splitlines()[0] + '\n0,50\n')
-    (kept / 'args.yaml').write_text('{}')
-    (kept / 'last.pth.tar').write_bytes(b'a snapshot taken after epoch 0')
-    spec['runs'][0]['published'] = str(published)
-    spec['runs'] = spec['runs'][:1]
+    unfinished.mkdir(parents=True)
+    (unfinished / 'summary.csv').write_text(summary.splitlines()[0] + '\n0,50\n')
+    (unfinished / 'args.yaml').write_text('{}')
+    (unfinished / 'last.pth.tar').write_bytes(b'stopped after epoch 0')
+    spec['runs'] = [dict(spec['runs'][0], published=str(published))]
     queue_file.write_text(yaml.safe_dump(spec))
+    return published
 
+
+def test_a_stale_snapshot_of_a_published_run_is_not_restored(queue_file, tmp_path, capsys):
+    published = _publish_first_run_with_an_unfinished_copy(queue_file, tmp_path, tmp_path / 'in-progress' / 'first')
     assert cli_main(['train-queue', str(queue_file), '--restore', str(tmp_path / 'in-progress')]) == 0
     assert f'first: not restored: published in {published}' in capsys.readouterr().out
     assert not (tmp_path / 'runs' / 'first').exists()
 
 
 def test_a_published_run_is_not_trained_again_from_an_older_run_folder(queue_file, tmp_path, capsys):
-    spec = yaml.safe_load(queue_file.read_text())
-    summary = 'epoch,eval_top1\n' + ''.join(f'{e},50\n' for e in range(spec['defaults']['epochs']))
-    published, older = tmp_path / 'checkpoints' / 'first', tmp_path / 'runs' / 'first'
-    published.mkdir(parents=True)
-    (published / 'summary.csv').write_text(summary)
-    older.mkdir(parents=True)
-    (older / 'summary.csv').write_text(summary.splitlines()[0] + '\n0,50\n')
-    (older / 'last.pth.tar').write_bytes(b'this machine stopped after epoch 0')
-    spec['runs'][0]['published'] = str(published)
-    spec['runs'] = spec['runs'][:1]
-    queue_file.write_text(yaml.safe_dump(spec))
-
+    older = tmp_path / 'runs' / 'first'
+    _publish_first_run_with_an_unfinished_copy(queue_file, tmp_path, older)
     assert cli_main(['train-queue', str(queue_file)]) == 0
     assert 'first: done' in capsys.readouterr().out
-    assert (older / 'last.pth.tar').read_bytes() == b'this machine stopped after epoch 0'
+    assert (older / 'last.pth.tar').read_bytes() == b'stopped after epoch 0'
