@@ -107,12 +107,14 @@ def test_a_snapshot_carries_an_unfinished_run_to_a_fresh_machine(queue_file, tmp
     assert not (keep / 'second').exists()
 
 
-def test_a_missing_published_folder_is_a_clear_error(tmp_path, capsys):
+def test_a_missing_published_folder_is_a_clear_error(tmp_path, capsys, monkeypatch):
     path = tmp_path / 'queue.yaml'
-    path.write_text(yaml.safe_dump(dict(output=str(tmp_path / 'runs'),
-                                        runs=[{'experiment': 'a', 'published': str(tmp_path / 'nowhere')}])))
+    path.write_text(yaml.safe_dump(dict(output='runs', runs=[{'experiment': 'a', 'published': 'nowhere'}])))
+    monkeypatch.chdir(tmp_path)
     assert cli_main(['train-queue', str(path)]) == 2
-    assert 'publish the run first' in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert 'publish the run first' in error
+    assert f'looked in {tmp_path}' in error  # queue paths are relative to the cwd: a wrong cwd is the usual cause
 
 
 def test_a_snapshot_names_a_finished_run_that_a_fresh_checkout_would_train_again(queue_file, tmp_path, capsys):
