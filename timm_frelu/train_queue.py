@@ -59,7 +59,8 @@ def load_queue(path: Path) -> Dict[str, Any]:
         if run.get('published') and not (Path(run['published']) / 'summary.csv').is_file():
             # The queue's paths are relative to the cwd, so the usual cause is running it from elsewhere.
             raise QueueError(f"run {run['experiment']}: its published folder {run['published']} has no summary.csv "
-                             f"(looked in {Path.cwd()}); run the queue from the folder its paths are relative to, "
+                             f"(looked in {Path(run['published']).absolute()}); "
+                             "run the queue from the folder its paths are relative to, "
                              "publish the run first (timm-frelu publish), or drop the run's published entry.")
     return spec
 
