@@ -136,7 +136,6 @@ def test_a_snapshot_names_a_finished_run_that_a_fresh_checkout_would_train_again
     assert 'second:' not in out
 
 
-
 def _publish_first_run_with_an_unfinished_copy(queue_file, tmp_path, unfinished):
     """Queue only the first run, published with every epoch; ``unfinished`` holds an older copy of
     it that stopped after epoch 0 (a snapshot, or a run folder on this machine)."""
