@@ -88,6 +88,97 @@ def test_cpu_kernels_train_like_the_reference(channels, kernel_size, bias):
     _assert_trains_like(efficient, naive, torch.randn(4, channels, 7, 7).to(memory_format=torch.channels_last))
 
 
+def _bf16_close(actual, expected, tolerance=0.03):
+    """Within bf16 rounding of the fp32 reference: 8 bits of mantissa, ~0.4% per rounding,
+    several roundings deep."""
+    actual, expected = actual.float(), expected.float()
+    return (actual - expected).abs().max().item() <= tolerance * expected.abs().max().item()
+
+
+def _train_step(module, x, autocast):
+    """Outputs, input gradient and the parameters' gradients of one training step."""
+    module.zero_grad()
+    xi = x.clone().requires_grad_()
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+        out = module(xi)
+    out.float().square().sum().backward()
+    return out, xi.grad, [p.grad for p in module.parameters()]
+
+
+@needs_compiler
+@pytest.mark.parametrize('channels', [8, 16])
+@pytest.mark.parametrize('bf16', ['autocast', 'model'])
+def test_cpu_kernels_train_in_bf16_like_the_fp32_reference(channels, bf16):
+    # 8 and 16 channels take the 8- and 16-wide channel blocks (8 only below AVX-512).
+    efficient, naive = _pair(channels)
+    # The reference sees the same (bf16-rounded) input and parameters: rounding that changes which
+    # side of the max wins would move the gradient for a reason that is not the kernels'.
+    for module in (efficient, naive):
+        module.bfloat16().float()
+    x = torch.randn(4, channels, 7, 7).bfloat16().float().to(memory_format=torch.channels_last)
+    expected, expected_grad, expected_param_grads = _train_step(naive, x, autocast=False)
+    if bf16 == 'model':
+        efficient = efficient.bfloat16()
+    out, grad, param_grads = _train_step(efficient, x.bfloat16(), autocast=bf16 == 'autocast')
+    assert out.dtype == grad.dtype == torch.bfloat16
+    assert out.grad_fn.fused, 'the bf16 input did not take the CPU kernels'
+    assert _bf16_close(out, expected) and _bf16_close(grad, expected_grad)
+    for (name, p), g, expected_g in zip(efficient.named_parameters(), param_grads, expected_param_grads):
+        assert g.dtype == p.dtype, name
+        assert _bf16_close(g, expected_g), name
+    for (name, b), c in zip(efficient.named_buffers(), naive.buffers()):
+        assert _bf16_close(b, c), name
+
+
+@needs_compiler
+def test_autocast_frelu_resnet_takes_the_kernels_and_trains_like_stock_autocast():
+    """Under autocast the blocks' lean path (BN -> FReLU and residual add -> FReLU as one node)
+    runs the bf16 kernels. Through a whole network bf16 moves the gradients well beyond one
+    rounding, with stock ops too; the kernels' gradient must point where fp32's does at least as
+    closely as stock autocast's."""
+    torch.manual_seed(0)
+    efficient = _randomize_batch_norms(timm.create_model('resnet20_frelu', zero_init_last=False))
+    naive = copy.deepcopy(efficient)
+    for module in naive.modules():
+        if isinstance(module, FReLU):
+            module.efficient = False
+    fused_nodes = []
+    for block in efficient.layer1:  # a block's output is its last FReLU's node
+        block.register_forward_hook(lambda module, args, out: fused_nodes.append(getattr(out.grad_fn, 'fused', None)))
+    x, target = torch.randn(16, 3, 16, 16), torch.randint(0, 10, (16,))
+
+    def gradient(model, autocast):
+        model.zero_grad()
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+            out = model(x)
+        torch.nn.functional.cross_entropy(out.float(), target).backward()
+        assert all(p.grad.dtype == torch.float32 for p in model.parameters())
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    fp32 = gradient(copy.deepcopy(naive), autocast=False)
+    stock, kernels = gradient(naive, autocast=True), gradient(efficient, autocast=True)
+    assert fused_nodes == [True] * len(efficient.layer1)
+    similarity = torch.nn.functional.cosine_similarity
+    assert similarity(kernels, fp32, dim=0) >= max(0.9, similarity(stock, fp32, dim=0) - 0.02)
+
+
+@needs_compiler
+@pytest.mark.parametrize('channels', [8, 16])
+def test_bf16_eval_and_fuse_match_the_fp32_reference(channels):
+    efficient, naive = _pair(channels)
+    for module in (efficient, naive):
+        module.train()(torch.randn(8, channels, 6, 6))
+        module.eval()
+    x = torch.randn(4, channels, 6, 6).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = naive(x)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            in_autocast = efficient(x.bfloat16())
+        fused = FusedFReLU.from_frelu(efficient).bfloat16()(x.bfloat16())
+    for out in (in_autocast, fused):
+        assert out.dtype == torch.bfloat16 and _bf16_close(out, expected)
+
+
 def _cpu_has(flag: str) -> bool:
     try:
         with open('/proc/cpuinfo') as f:
@@ -107,7 +198,7 @@ def test_cpu_kernels_built_for_avx2_train_like_the_reference():
     built = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300)
     assert built.stdout.split() == ['timm_frelu_cpu_avx2'], built.stderr
     tests = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', __file__,
-                            '-k', 'cpu_kernels_train_like or eval_matches or channels_last_inference or nan_propagates'],
+                            '-k', 'cpu_kernels_train or eval_matches or channels_last_inference or nan_propagates or bf16'],
                            env=env, capture_output=True, text=True, timeout=300)
     assert tests.returncode == 0, tests.stdout[-3000:]
 
@@ -141,17 +232,20 @@ def test_eval_matches_the_reference():
     assert torch.allclose(efficient(x), naive(x), atol=1e-5)
 
 
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize('training', [True, False])
 @pytest.mark.parametrize('channels', [8, 16])
-def test_nan_propagates_like_the_reference(training, channels):
-    # torch.maximum keeps a NaN from either side; so must the kernels, in every vector width.
+def test_nan_propagates_like_the_reference(training, channels, dtype):
+    # torch.maximum keeps a NaN from either side; so must the kernels, in every vector width and
+    # in bf16 as in fp32 (the reference).
     efficient, naive = _pair(channels)
     x = torch.randn(2, channels, 6, 6).to(memory_format=torch.channels_last)
     x[0, 1, 2, 3] = float('nan')
     with torch.no_grad():
-        outputs = [module.train(training)(x) for module in (efficient, naive)]
-    assert outputs[1].isnan().any()
-    assert torch.equal(outputs[0].isnan(), outputs[1].isnan())
+        expected = naive.train(training)(x)
+        out = efficient.to(dtype).train(training)(x.to(dtype))
+    assert out.dtype == dtype and expected.isnan().any()
+    assert torch.equal(out.isnan(), expected.isnan())
 
 
 def test_training_keeps_less_for_backward_than_the_reference():

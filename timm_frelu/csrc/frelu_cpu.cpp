@@ -1,4 +1,4 @@
-// FReLU training kernels for CPU: fp32, channels_last (NHWC) activations.
+// FReLU training kernels for CPU: fp32 or bf16 channels_last (NHWC) activations.
 //
 // FReLU is y = max(a, BN(depthwise_conv(a))). With stock ops, training runs the depthwise conv,
 // BN's statistics and its output, the comparison and the max as separate passes over the
@@ -10,6 +10,10 @@
 // The unit of work is one image row, W * C contiguous floats in NHWC. A conv tap shifts a whole
 // row by whole pixels, so every inner loop runs over a contiguous span of a row, with
 // per-channel factors tiled to the row's length: long loops that the compiler vectorizes.
+//
+// bf16 activations (autocast, or a bf16 model) are widened to fp32 as their rows are read and
+// rounded back only where an activation-sized result is stored: the arithmetic, the sums and
+// the per-channel parameters are fp32, as torch's own bf16 batch norm keeps them.
 
 #include <torch/extension.h>
 
@@ -17,6 +21,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <functional>
 #include <memory>
 #include <tuple>
 #include <type_traits>
@@ -24,6 +30,30 @@
 #include <vector>
 
 namespace {
+
+using BFloat16 = c10::BFloat16;
+
+// Element conversions written on the bits, branch-free, so that loops over rows vectorize.
+inline float widen(float v) { return v; }
+inline float widen(BFloat16 v) {
+  const uint32_t bits = static_cast<uint32_t>(v.x) << 16;
+  float out;
+  std::memcpy(&out, &bits, sizeof(out));
+  return out;
+}
+
+template <typename T>
+inline T narrow(float v);
+template <>
+inline float narrow<float>(float v) { return v; }
+// Round to nearest even, NaN kept a (quiet) NaN: what torch's own conversion gives.
+template <>
+inline BFloat16 narrow<BFloat16>(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  const uint16_t rounded = static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+  return BFloat16(v != v ? uint16_t{0x7fc0} : rounded, BFloat16::from_bits());
+}
 
 struct Geometry {
   int64_t N, H, W, C, K, P;
@@ -39,27 +69,30 @@ constexpr int64_t kRowGrain = 4;
 
 // How the FReLU input a is made from the tensor x a window reads: a = x, or, when FReLU takes
 // over the BN (and residual add) before it, a = x * scale + shift (+ shortcut), per-channel scale
-// and shift tiled over a row. a is then never stored: its rows are made as the window needs them.
+// and shift tiled over a row. a is then never stored: its rows are made, in fp32, as the window
+// needs them. T is the activations' type, x's and the shortcut's.
+template <typename T>
 struct InputTransform {
   const float* scale = nullptr;
   const float* shift = nullptr;
-  const float* shortcut = nullptr;
+  const T* shortcut = nullptr;
 };
 
-void make_row(const float* __restrict__ x, const InputTransform& transform, int64_t row, int64_t L,
+template <typename T>
+void make_row(const T* __restrict__ x, const InputTransform<T>& transform, int64_t row, int64_t L,
               float* __restrict__ out) {
-  const float* __restrict__ src = x + row * L;
+  const T* __restrict__ src = x + row * L;
   if (!transform.scale) {
-    std::copy(src, src + L, out);
+    for (int64_t t = 0; t < L; ++t) out[t] = widen(src[t]);
     return;
   }
   const float* __restrict__ scale = transform.scale;
   const float* __restrict__ shift = transform.shift;
   if (transform.shortcut) {
-    const float* __restrict__ shortcut = transform.shortcut + row * L;
-    for (int64_t t = 0; t < L; ++t) out[t] = src[t] * scale[t] + shift[t] + shortcut[t];
+    const T* __restrict__ shortcut = transform.shortcut + row * L;
+    for (int64_t t = 0; t < L; ++t) out[t] = widen(src[t]) * scale[t] + shift[t] + widen(shortcut[t]);
   } else {
-    for (int64_t t = 0; t < L; ++t) out[t] = src[t] * scale[t] + shift[t];
+    for (int64_t t = 0; t < L; ++t) out[t] = widen(src[t]) * scale[t] + shift[t];
   }
 }
 
@@ -87,9 +120,14 @@ class CacheAlignedFloats {
 // one new row per output row.
 class RowWindow {
  public:
-  RowWindow(const float* input, const Geometry& g, const InputTransform& transform = {})
-      : input_(input), transform_(transform), g_(g), padded_length_((g.W + 2 * g.P) * g.C),
-        buffer_(g.K * padded_length_), key_of_slot_(g.K, kZeroRow), slot_of_tap_row_(g.K) {}
+  // The rows are of `input`, of the activations' type T, made into fp32 rows of a by `transform`.
+  template <typename T>
+  RowWindow(const T* input, const Geometry& g, const InputTransform<T>& transform = {})
+      : make_row_([input, transform, L = g.row_length()](int64_t row, float* out) {
+          make_row(input, transform, row, L, out);
+        }),
+        g_(g), padded_length_((g.W + 2 * g.P) * g.C), buffer_(g.K * padded_length_), key_of_slot_(g.K, kZeroRow),
+        slot_of_tap_row_(g.K) {}
 
   void move_to(int64_t row) {
     const int64_t n = row / g_.H, h = row % g_.H;
@@ -103,7 +141,7 @@ class RowWindow {
       if (key == kZeroRow) {
         std::fill(interior, interior + g_.row_length(), 0.f);
       } else {
-        make_row(input_, transform_, key, g_.row_length(), interior);
+        make_row_(key, interior);
       }
       key_of_slot_[slot] = key;
     }
@@ -117,8 +155,7 @@ class RowWindow {
 
  private:
   static constexpr int64_t kZeroRow = -1;
-  const float* input_;
-  InputTransform transform_;
+  std::function<void(int64_t, float*)> make_row_;
   Geometry g_;
   int64_t padded_length_;
   CacheAlignedFloats buffer_;
@@ -271,10 +308,12 @@ void with_channel_block(int64_t C, const F& f) {
 // Row loops are functions of their own, with restrict pointers as arguments: inside the lambdas,
 // pointers captured by reference could alias the stores, and the loops would not vectorize.
 
-void add_moments(const float* __restrict__ conv, float* __restrict__ sum, float* __restrict__ sumsq, int64_t n) {
+template <typename T>
+void add_moments(const T* __restrict__ values, float* __restrict__ sum, float* __restrict__ sumsq, int64_t n) {
   for (int64_t t = 0; t < n; ++t) {
-    sum[t] += conv[t];
-    sumsq[t] += conv[t] * conv[t];
+    const float v = widen(values[t]);
+    sum[t] += v;
+    sumsq[t] += v * v;
   }
 }
 
@@ -284,37 +323,48 @@ inline float nan_propagating_max(float condition, float input) {
   return (condition > input || condition != condition) ? condition : input;
 }
 
+template <typename T>
 void funnel_max(const float* __restrict__ conv, const float* __restrict__ scale, const float* __restrict__ shift,
-                const float* __restrict__ input, float* __restrict__ out, uint8_t* __restrict__ wins, int64_t n) {
+                const float* __restrict__ input, T* __restrict__ out, uint8_t* __restrict__ wins, int64_t n) {
   for (int64_t t = 0; t < n; ++t) {
     const float condition = conv[t] * scale[t] + shift[t];
-    out[t] = nan_propagating_max(condition, input[t]);
+    out[t] = narrow<T>(nan_propagating_max(condition, input[t]));
     wins[t] = condition > input[t];
   }
 }
 
-void add_norm_grad_sums(const float* __restrict__ conv, const float* __restrict__ grad, const uint8_t* __restrict__ wins,
+template <typename T>
+void add_norm_grad_sums(const float* __restrict__ conv, const T* __restrict__ grad, const uint8_t* __restrict__ wins,
                         const float* __restrict__ mean, const float* __restrict__ invstd, float* __restrict__ sum_grad,
                         float* __restrict__ sum_grad_normed, int64_t n) {
   for (int64_t t = 0; t < n; ++t) {
-    const float grad_condition = wins[t] ? grad[t] : 0.f;
+    const float grad_condition = wins[t] ? widen(grad[t]) : 0.f;
     sum_grad[t] += grad_condition;
     sum_grad_normed[t] += grad_condition * ((conv[t] - mean[t]) * invstd[t]);
   }
 }
 
-void conv_grad(const float* __restrict__ conv, const float* __restrict__ grad, const uint8_t* __restrict__ wins,
+template <typename T>
+void conv_grad(const float* __restrict__ conv, const T* __restrict__ grad, const uint8_t* __restrict__ wins,
                const float* __restrict__ k, const float* __restrict__ offset, const float* __restrict__ slope,
                float* __restrict__ grad_conv, float* __restrict__ sum_grad_conv, int64_t n) {
   for (int64_t t = 0; t < n; ++t) {
-    const float grad_condition = wins[t] ? grad[t] : 0.f;
+    const float grad_condition = wins[t] ? widen(grad[t]) : 0.f;
     grad_conv[t] = k[t] * grad_condition + offset[t] + slope[t] * conv[t];
     sum_grad_conv[t] += grad_conv[t];
   }
 }
 
-void add_unselected(const float* __restrict__ grad, const uint8_t* __restrict__ wins, float* __restrict__ out, int64_t n) {
-  for (int64_t t = 0; t < n; ++t) out[t] += wins[t] ? 0.f : grad[t];
+// The input's gradient: the transposed conv's part, plus grad where the input won the max.
+template <typename T>
+void input_grad(const float* __restrict__ through_conv, const T* __restrict__ grad, const uint8_t* __restrict__ wins,
+                T* __restrict__ out, int64_t n) {
+  for (int64_t t = 0; t < n; ++t) out[t] = narrow<T>(through_conv[t] + (wins[t] ? 0.f : widen(grad[t])));
+}
+
+template <typename T>
+void narrow_row(const float* __restrict__ values, T* __restrict__ out, int64_t n) {
+  for (int64_t t = 0; t < n; ++t) out[t] = narrow<T>(values[t]);
 }
 
 void flush(float* __restrict__ partial, double* __restrict__ total, int64_t n) {
@@ -384,10 +434,14 @@ at::Tensor to_tensor(const Doubles& values) {
   return t;
 }
 
-void check_activation(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.dim() == 4 &&
+bool is_activation_type(at::ScalarType type) { return type == at::kFloat || type == at::kBFloat16; }
+
+// An activation-sized tensor: 4-D, on the CPU, channels_last, and of `type` (fp32 or bf16).
+void check_activation(const at::Tensor& t, const char* name, at::ScalarType type) {
+  TORCH_CHECK(t.device().is_cpu() && is_activation_type(t.scalar_type()) && t.dim() == 4 &&
                   t.is_contiguous(at::MemoryFormat::ChannelsLast),
-              "FReLU CPU kernel: ", name, " must be a 4-D float32 CPU tensor in channels_last layout");
+              "FReLU CPU kernel: ", name, " must be a 4-D float32 or bfloat16 CPU tensor in channels_last layout");
+  TORCH_CHECK(t.scalar_type() == type, "FReLU CPU kernel: ", name, " is ", t.scalar_type(), " but the input is ", type);
 }
 
 Geometry geometry(const at::Tensor& a, const at::Tensor& weight) {
@@ -425,23 +479,24 @@ Floats tap_major(const at::Tensor& weight, const Geometry& g, bool flip) {
 }
 
 // What every kernel starts from: the activation x (checked), its geometry, and the depthwise
-// conv's taps and bias.
+// conv's taps and bias. T is the activations' type; the parameters are fp32.
+template <typename T>
 struct ConvInputs {
   ConvInputs(const at::Tensor& x_tensor, const at::Tensor& weight, const c10::optional<at::Tensor>& bias_tensor)
-      : g((check_activation(x_tensor, "input"), geometry(x_tensor, weight))),
+      : g((check_activation(x_tensor, "input", x_tensor.scalar_type()), geometry(x_tensor, weight))),
         taps(tap_major(weight, g, false)),
         bias(channel_data_or_null(bias_tensor, g)),
-        x(x_tensor.data_ptr<float>()) {}
+        x(x_tensor.data_ptr<T>()) {}
   Geometry g;
   Floats taps;
   const float* bias;
-  const float* x;
+  const T* x;
 };
 
 // Runs row_op(window, row, scratch) over all rows, in parallel, each thread walking its rows in
 // order; scratch holds one row.
-template <typename F>
-void for_each_row(const float* input, const InputTransform& transform, const Geometry& g, const F& row_op) {
+template <typename T, typename F>
+void for_each_row(const T* input, const InputTransform<T>& transform, const Geometry& g, const F& row_op) {
   at::parallel_for(0, g.rows(), kRowGrain, [&](int64_t r0, int64_t r1) {
     RowWindow window(input, g, transform);
     CacheAlignedFloats scratch(g.row_length());
@@ -454,8 +509,8 @@ void for_each_row(const float* input, const InputTransform& transform, const Geo
 
 // Sums row_op(window, row, scratch, partial) over all rows into `width` doubles; see
 // sum_over_row_chunks.
-template <typename F>
-Doubles sum_each_row(const float* input, const InputTransform& transform, const Geometry& g, int64_t width,
+template <typename T, typename F>
+Doubles sum_each_row(const T* input, const InputTransform<T>& transform, const Geometry& g, int64_t width,
                      const F& row_op) {
   return sum_over_row_chunks(g, width, [&](int64_t r0, int64_t r1, double* total) {
     RowWindow window(input, g, transform);
@@ -501,14 +556,15 @@ TiledAffine batch_norm_affine(const T& mean, const T& invstd, const float* weigh
 }
 
 // The BN before FReLU, given as `affine`, and the residual add after it, as an InputTransform.
-InputTransform norm_transform(const TiledAffine& affine, const c10::optional<at::Tensor>& shortcut, const Geometry& g) {
-  InputTransform transform;
+template <typename T>
+InputTransform<T> norm_transform(const TiledAffine& affine, const c10::optional<at::Tensor>& shortcut, const Geometry& g) {
+  InputTransform<T> transform;
   transform.scale = affine.scale.data();
   transform.shift = affine.shift.data();
   if (shortcut.has_value() && shortcut->defined()) {
-    check_activation(*shortcut, "shortcut");
+    check_activation(*shortcut, "shortcut", c10::CppTypeToScalarType<T>::value);
     TORCH_CHECK(shortcut->sizes().vec() == g.sizes(), "FReLU CPU kernel: shortcut must be shaped like the input");
-    transform.shortcut = shortcut->data_ptr<float>();
+    transform.shortcut = shortcut->data_ptr<T>();
   }
   return transform;
 }
@@ -516,20 +572,22 @@ InputTransform norm_transform(const TiledAffine& affine, const c10::optional<at:
 // FReLU of a = x, or of a = norm(x) (+ shortcut) with `norm` a training-mode BN given by its
 // weight and bias. Returns out, mask (uint8), and the batch mean, invstd and biased variance of
 // the funnel's BN, then of `norm` (undefined without it).
-std::vector<at::Tensor> forward(const at::Tensor& x, const c10::optional<at::Tensor>& shortcut,
-                                const c10::optional<at::Tensor>& norm_weight, const c10::optional<at::Tensor>& norm_bias,
-                                double norm_eps, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-                                const at::Tensor& bn_weight, const at::Tensor& bn_bias, double eps) {
-  const ConvInputs in(x, weight, bias);
+template <typename T>
+std::vector<at::Tensor> forward_of(const at::Tensor& x, const c10::optional<at::Tensor>& shortcut,
+                                   const c10::optional<at::Tensor>& norm_weight,
+                                   const c10::optional<at::Tensor>& norm_bias, double norm_eps, const at::Tensor& weight,
+                                   const c10::optional<at::Tensor>& bias, const at::Tensor& bn_weight,
+                                   const at::Tensor& bn_bias, double eps) {
+  const ConvInputs<T> in(x, weight, bias);
   const Geometry& g = in.g;
   const int64_t L = g.row_length();
   const float* taps = in.taps.data();
   at::Tensor out = at::empty_like(x);
   at::Tensor mask = at::empty_like(x, x.options().dtype(at::kByte));
-  float* out_data = out.data_ptr<float>();
+  T* out_data = out.data_ptr<T>();
   uint8_t* mask_data = mask.data_ptr<uint8_t>();
 
-  InputTransform transform;
+  InputTransform<T> transform;
   TiledAffine norm_affine;
   BatchStatistics norm_stats;
   const bool has_norm = norm_weight.has_value() && norm_weight->defined();
@@ -543,7 +601,7 @@ std::vector<at::Tensor> forward(const at::Tensor& x, const c10::optional<at::Ten
     TORCH_CHECK(norm_bias.has_value() && norm_bias->defined(), "FReLU CPU kernel: the BN before FReLU needs its bias");
     norm_affine = batch_norm_affine(norm_stats.mean, norm_stats.invstd, channel_data(*norm_weight, g),
                                     channel_data(*norm_bias, g), g);
-    transform = norm_transform(norm_affine, shortcut, g);
+    transform = norm_transform<T>(norm_affine, shortcut, g);
   } else {
     TORCH_CHECK(!(shortcut.has_value() && shortcut->defined()), "FReLU CPU kernel: a shortcut needs the BN before it");
   }
@@ -572,16 +630,22 @@ std::vector<at::Tensor> forward(const at::Tensor& x, const c10::optional<at::Ten
 
 // Eval-mode FReLU with its BN folded into the depthwise weight and bias: max(x, conv(x) + bias),
 // one pass, nothing kept.
-at::Tensor inference(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
-  const ConvInputs in(x, weight, bias);
+template <typename T>
+at::Tensor inference_of(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  const ConvInputs<T> in(x, weight, bias);
   const Geometry& g = in.g;
   const int64_t L = g.row_length();
   at::Tensor out = at::empty_like(x);
-  float* out_data = out.data_ptr<float>();
+  T* out_data = out.data_ptr<T>();
   with_channel_block(g.C, [&](auto block) {
     constexpr int B = decltype(block)::value;
-    for_each_row(in.x, InputTransform{}, g, [&](const RowWindow& window, int64_t r, float*) {
-      conv_row<B, true>(window, in.taps.data(), in.bias, g, out_data + r * L);
+    for_each_row(in.x, InputTransform<T>{}, g, [&](const RowWindow& window, int64_t r, float* scratch) {
+      if constexpr (std::is_same<T, float>::value) {
+        conv_row<B, true>(window, in.taps.data(), in.bias, g, out_data + r * L);
+      } else {
+        conv_row<B, true>(window, in.taps.data(), in.bias, g, scratch);
+        narrow_row(scratch, out_data + r * L, L);
+      }
     });
   });
   return out;
@@ -589,16 +653,19 @@ at::Tensor inference(const at::Tensor& x, const at::Tensor& weight, const c10::o
 
 // The gradients of forward's a (not x: `norm`'s backward is left to the caller), of the depthwise
 // weight, its bias (undefined without one), and of the funnel BN's weight and bias.
-std::vector<at::Tensor> backward(const at::Tensor& grad_out_any, const at::Tensor& x,
-                                 const c10::optional<at::Tensor>& shortcut, const c10::optional<at::Tensor>& norm_weight,
-                                 const c10::optional<at::Tensor>& norm_bias, const c10::optional<at::Tensor>& norm_mean,
-                                 const c10::optional<at::Tensor>& norm_invstd, const at::Tensor& mask,
-                                 const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-                                 const at::Tensor& bn_weight, const at::Tensor& mean, const at::Tensor& invstd) {
-  const ConvInputs in(x, weight, bias);
+template <typename T>
+std::vector<at::Tensor> backward_of(const at::Tensor& grad_out_any, const at::Tensor& x,
+                                    const c10::optional<at::Tensor>& shortcut,
+                                    const c10::optional<at::Tensor>& norm_weight,
+                                    const c10::optional<at::Tensor>& norm_bias,
+                                    const c10::optional<at::Tensor>& norm_mean,
+                                    const c10::optional<at::Tensor>& norm_invstd, const at::Tensor& mask,
+                                    const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                                    const at::Tensor& bn_weight, const at::Tensor& mean, const at::Tensor& invstd) {
+  const ConvInputs<T> in(x, weight, bias);
   const Geometry& g = in.g;
   const at::Tensor grad_out = grad_out_any.contiguous(at::MemoryFormat::ChannelsLast);
-  check_activation(grad_out, "grad_out");
+  check_activation(grad_out, "grad_out", x.scalar_type());
   TORCH_CHECK(mask.scalar_type() == at::kByte && mask.is_contiguous(at::MemoryFormat::ChannelsLast) &&
                   mask.sizes() == x.sizes(),
               "FReLU CPU kernel: mask must be a channels_last uint8 tensor shaped like the input");
@@ -608,20 +675,23 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out_any, const at::Tenso
   const float* mean_data = channel_data(mean, g);
   const float* invstd_data = channel_data(invstd, g);
   const Floats mean_tiled = tile(mean_data, g), invstd_tiled = tile(invstd_data, g);
-  const float* grad_data = grad_out.data_ptr<float>();
+  const T* grad_data = grad_out.data_ptr<T>();
   const uint8_t* mask_data = mask.data_ptr<uint8_t>();
-  at::Tensor grad_input = at::empty_like(x), grad_conv = at::empty_like(x);
-  float* grad_input_data = grad_input.data_ptr<float>();
+  at::Tensor grad_input = at::empty_like(x);
+  // fp32 whatever the activations' type: it is summed into the weight's gradient and convolved
+  // again, and lives only within this call.
+  at::Tensor grad_conv = at::empty_like(x, x.options().dtype(at::kFloat));
+  T* grad_input_data = grad_input.data_ptr<T>();
   float* grad_conv_data = grad_conv.data_ptr<float>();
 
-  InputTransform transform;
+  InputTransform<T> transform;
   TiledAffine norm_affine;
   if (norm_weight.has_value() && norm_weight->defined()) {
     TORCH_CHECK(norm_bias.has_value() && norm_mean.has_value() && norm_invstd.has_value(),
                 "FReLU CPU kernel: the BN before FReLU needs its bias and batch statistics");
     norm_affine = batch_norm_affine(channel_data(*norm_mean, g), channel_data(*norm_invstd, g),
                                     channel_data(*norm_weight, g), channel_data(*norm_bias, g), g);
-    transform = norm_transform(norm_affine, shortcut, g);
+    transform = norm_transform<T>(norm_affine, shortcut, g);
   }
 
   Doubles grad_bn_weight(C), grad_bn_bias(C), grad_weight(KK * C), grad_bias;
@@ -662,10 +732,11 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out_any, const at::Tenso
     std::copy(weight_sums.begin() + L, weight_sums.end(), grad_weight.begin());
     if (in.bias) grad_bias = fold_row(weight_sums.data(), g);
 
-    // The input's gradient: grad_out where the input won, plus the transposed conv of grad_conv.
-    for_each_row(grad_conv_data, InputTransform{}, g, [&](const RowWindow& window, int64_t r, float*) {
-      conv_row<B>(window, flipped.data(), nullptr, g, grad_input_data + r * L);
-      add_unselected(grad_data + r * L, mask_data + r * L, grad_input_data + r * L, L);
+    // The input's gradient: the transposed conv of grad_conv, plus grad_out where the input won.
+    const float* grad_conv_const = grad_conv_data;
+    for_each_row(grad_conv_const, InputTransform<float>{}, g, [&](const RowWindow& window, int64_t r, float* through_conv) {
+      conv_row<B>(window, flipped.data(), nullptr, g, through_conv);
+      input_grad(through_conv, grad_data + r * L, mask_data + r * L, grad_input_data + r * L, L);
     });
   });
   // grad_weight is tap-major [K * K][C]; the weight is [C, 1, K, K].
@@ -678,10 +749,44 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out_any, const at::Tenso
           to_tensor(grad_bn_weight), to_tensor(grad_bn_bias)};
 }
 
+// Calls f with a value of the activations' C++ type, float or BFloat16, as x's dtype says.
+template <typename F>
+auto with_activation_type(const at::Tensor& x, const F& f) {
+  TORCH_CHECK(is_activation_type(x.scalar_type()),
+              "FReLU CPU kernel: the input must be float32 or bfloat16, got ", x.scalar_type());
+  return x.scalar_type() == at::kBFloat16 ? f(BFloat16()) : f(float());
+}
+
+std::vector<at::Tensor> forward(const at::Tensor& x, const c10::optional<at::Tensor>& shortcut,
+                                const c10::optional<at::Tensor>& norm_weight, const c10::optional<at::Tensor>& norm_bias,
+                                double norm_eps, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                                const at::Tensor& bn_weight, const at::Tensor& bn_bias, double eps) {
+  return with_activation_type(x, [&](auto type) {
+    return forward_of<decltype(type)>(x, shortcut, norm_weight, norm_bias, norm_eps, weight, bias, bn_weight, bn_bias,
+                                      eps);
+  });
+}
+
+at::Tensor inference(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  return with_activation_type(x, [&](auto type) { return inference_of<decltype(type)>(x, weight, bias); });
+}
+
+std::vector<at::Tensor> backward(const at::Tensor& grad_out, const at::Tensor& x,
+                                 const c10::optional<at::Tensor>& shortcut, const c10::optional<at::Tensor>& norm_weight,
+                                 const c10::optional<at::Tensor>& norm_bias, const c10::optional<at::Tensor>& norm_mean,
+                                 const c10::optional<at::Tensor>& norm_invstd, const at::Tensor& mask,
+                                 const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                                 const at::Tensor& bn_weight, const at::Tensor& mean, const at::Tensor& invstd) {
+  return with_activation_type(x, [&](auto type) {
+    return backward_of<decltype(type)>(grad_out, x, shortcut, norm_weight, norm_bias, norm_mean, norm_invstd, mask,
+                                       weight, bias, bn_weight, mean, invstd);
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &forward, "FReLU training forward (CPU, fp32, channels_last), with the BN before it optional");
-  m.def("inference", &inference, "FReLU with its BN folded, for inference (CPU, fp32, channels_last)");
-  m.def("backward", &backward, "FReLU training backward (CPU, fp32, channels_last), up to the BN before it");
+  m.def("forward", &forward, "FReLU training forward (CPU, fp32 or bf16, channels_last), with the BN before it optional");
+  m.def("inference", &inference, "FReLU with its BN folded, for inference (CPU, fp32 or bf16, channels_last)");
+  m.def("backward", &backward, "FReLU training backward (CPU, fp32 or bf16, channels_last), up to the BN before it");
 }

@@ -1,4 +1,4 @@
-"""FReLU's fused CPU kernels for training and inference (fp32, channels_last), compiled on first use.
+"""FReLU's fused CPU kernels for training and inference (fp32 or bf16, channels_last), compiled on first use.
 
 The source is ``timm_frelu/csrc/frelu_cpu.cpp``; ``torch.utils.cpp_extension`` builds it once per
 machine (about half a minute) into its cache and reloads it from there. It is built for the vector
@@ -23,10 +23,13 @@ from typing import Iterator, Optional
 
 import torch
 
-__all__ = ['cpu_kernels', 'cpu_kernels_apply', 'cpu_inference_kernel_applies', 'to_kernel_layout']
+__all__ = ['KERNEL_DTYPES', 'cpu_kernels', 'cpu_kernels_apply', 'cpu_inference_kernel_applies', 'kernels_take_dtype',
+           'to_kernel_layout']
 
 _SOURCE = Path(__file__).resolve().parent.parent / 'csrc' / 'frelu_cpu.cpp'
 _ENABLE_VARIABLE = 'TIMM_FRELU_CPU_KERNELS'
+# bf16 activations are computed in fp32 and stored in bf16; the parameters stay fp32.
+KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 _ARCH_FLAGS = {
     'AVX512': ['-mavx512f', '-mavx512bw', '-mavx512vl', '-mavx512dq', '-mavx2', '-mfma'],
     'AVX2': ['-mavx2', '-mfma'],
@@ -111,27 +114,32 @@ def _warn_fallback(reason: str) -> None:
 
 def cpu_kernels_apply(x: torch.Tensor, shortcut: Optional[torch.Tensor] = None) -> bool:
     """Whether the kernels take FReLU's input ``x`` (and the residual ``shortcut`` added to it) in
-    training: fp32 CPU tensors in channels_last layout with more than one value per channel (BN's
-    own requirement), and the kernels built."""
+    training: fp32 or bf16 CPU tensors in channels_last layout with more than one value per channel
+    (BN's own requirement), and the kernels built."""
     return (_is_kernel_layout(x) and x.shape[0] * x.shape[2] * x.shape[3] > 1
-            and (shortcut is None or (_is_kernel_layout(shortcut) and shortcut.shape == x.shape))
+            and (shortcut is None or (_is_kernel_layout(shortcut) and shortcut.shape == x.shape
+                                      and shortcut.dtype == x.dtype))
             and cpu_kernels() is not None)
 
 
 def to_kernel_layout(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in channels_last layout when it is an fp32 CPU activation the kernels could take in
+    """``x`` in channels_last layout when it is a CPU activation the kernels could take in
     that layout, else ``x`` as it is. FReLU's output keeps the layout and the convs after it
     follow it, so in a network of FReLU blocks only the first block copies: a model called on a
     plain NCHW batch takes the kernels too."""
-    if (x.device.type == 'cpu' and x.dtype == torch.float32 and x.dim() == 4
-            and not x.is_contiguous(memory_format=torch.channels_last) and cpu_kernels() is not None):
+    if (kernels_take_dtype(x) and not x.is_contiguous(memory_format=torch.channels_last)
+            and cpu_kernels() is not None):
         return x.contiguous(memory_format=torch.channels_last)
     return x
 
 
+def kernels_take_dtype(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a 4-D CPU activation of a type the kernels take, in any layout."""
+    return x.device.type == 'cpu' and x.dtype in KERNEL_DTYPES and x.dim() == 4
+
+
 def _is_kernel_layout(x: torch.Tensor) -> bool:
-    return (x.device.type == 'cpu' and x.dtype == torch.float32 and x.dim() == 4
-            and x.is_contiguous(memory_format=torch.channels_last))
+    return kernels_take_dtype(x) and x.is_contiguous(memory_format=torch.channels_last)
 
 
 def cpu_inference_kernel_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:

@@ -26,7 +26,8 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
 from timm.layers._fx import register_notrace_module
 
-from .cpu_kernels import cpu_inference_kernel_applies, cpu_kernels, cpu_kernels_apply, to_kernel_layout
+from .cpu_kernels import (cpu_inference_kernel_applies, cpu_kernels, cpu_kernels_apply, kernels_take_dtype,
+                          to_kernel_layout)
 
 __all__ = ['FReLU', 'LazyFReLU', 'create_frelu', 'fold_batch_norm', 'frelu_reference']
 
@@ -109,19 +110,22 @@ class FReLU(nn.Module):
         not two (or, in the CPU kernel, the whole activation in one)."""
         self._check_input(x)
         weight, bias = fold_batch_norm(self.weight, self.bias, self.bn)
-        return folded_funnel_max(to_kernel_layout(x), weight.to(x.dtype), bias.to(x.dtype))
+        return folded_funnel_max(to_kernel_layout(x), weight, bias)
 
     @torch.jit.unused
     def _can_use_efficient_training(self, x: torch.Tensor) -> bool:
-        """The custom autograd path covers plain fp32/fp16/bf16 training with a stock BatchNorm2d;
-        anything else (eval, autocast, SyncBatchNorm, tracing for export) takes the reference ops."""
+        """The custom autograd path covers plain fp32/fp16/bf16 training with a stock BatchNorm2d,
+        and autocast where the CPU kernels take the activations; anything else (eval, autocast
+        elsewhere, SyncBatchNorm, tracing for export) takes the reference ops."""
         return (self.training and torch.is_grad_enabled() and _is_stock_batch_norm(self.bn)
-                and not torch.is_autocast_enabled(x.device.type) and not torch.compiler.is_compiling()
+                and _autocast_leaves_it_to_the_kernels(x) and not torch.compiler.is_compiling()
                 and not torch.jit.is_tracing() and x.dim() == 4)
 
     @torch.jit.unused
     def _efficient_training_forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
+        if torch.is_autocast_enabled(x.device.type):
+            x = to_kernel_layout(x)  # under autocast only the kernels may run this function
         return _FReLUTrainFunction.apply(x, None, None, None, *self._funnel_args())
 
     @torch.jit.unused
@@ -138,7 +142,11 @@ class FReLU(nn.Module):
             self._check_input(x)
             # In a block the copy to the kernels' layout replaces the conv output (only the first
             # block's: the layout carries on from there); a lone FReLU would keep both.
-            x, shortcut = to_kernel_layout(x), to_kernel_layout(shortcut) if shortcut is not None else None
+            x = to_kernel_layout(x)
+            if shortcut is not None:
+                # Under autocast a block's input can be fp32 (the stem's, say) where its conv
+                # output is bf16: the kernels add them in one type.
+                shortcut = to_kernel_layout(shortcut.to(x.dtype))
             return _FReLUTrainFunction.apply(x, shortcut, norm.weight, norm.bias, *self._funnel_args(norm))
         x = norm(x)
         if shortcut is not None:
@@ -174,11 +182,24 @@ def fold_batch_norm(weight: torch.Tensor, bias: Optional[torch.Tensor], bn: nn.B
 
 def folded_funnel_max(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """``max(x, depthwise_conv(x) + bias)``: FReLU in eval mode with its BN folded into the kernel,
-    in the CPU inference kernel where it applies."""
+    in the CPU inference kernel where it applies (which computes in fp32 whatever ``x``'s type),
+    else in ``x``'s dtype."""
     if cpu_inference_kernel_applies(x, weight):
-        return cpu_kernels().inference(x, weight, bias)
+        return cpu_kernels().inference(x, weight.float(), bias.float())
     padding = weight.shape[-1] // 2
+    weight, bias = weight.to(x.dtype), bias.to(x.dtype)
     return torch.maximum(x, F.conv2d(x, weight, bias, padding=padding, groups=weight.shape[0]))
+
+
+def _autocast_leaves_it_to_the_kernels(x: torch.Tensor) -> bool:
+    """Whether autocast, if on, lets the custom autograd path run: only where the CPU kernels take
+    the activations, as they read bf16 beside fp32 parameters, which the stock-op path would mix."""
+    return not torch.is_autocast_enabled(x.device.type) or (kernels_take_dtype(x) and cpu_kernels() is not None)
+
+
+def _fp32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """A parameter as the CPU kernels take it (they compute in fp32 for bf16 models too)."""
+    return t.float() if t is not None else None
 
 
 def _is_stock_batch_norm(norm: nn.Module) -> bool:
@@ -215,7 +236,7 @@ class _FReLUTrainFunction(torch.autograd.Function):
     residual ``shortcut`` only with a BN, as it is added in place to the BN's fresh output. For
     backward it keeps only ``x`` (and ``shortcut``), a one-byte mask of where the funnel won, and
     the BN batch statistics; the BN output, the sum and the depthwise conv are recomputed. On CPU,
-    for fp32 channels_last input, all but the BN's backward runs in the fused kernels of
+    for fp32 or bf16 channels_last input, all but the BN's backward runs in the fused kernels of
     :mod:`timm_frelu.layers.cpu_kernels`, which never store the BN output or the sum; elsewhere
     in stock torch ops.
 
@@ -232,8 +253,9 @@ class _FReLUTrainFunction(torch.autograd.Function):
         ctx.fused = cpu_kernels_apply(x, shortcut)
         if ctx.fused:
             out, funnel_wins, batch_mean, batch_invstd, batch_var, norm_mean, norm_invstd, norm_var = \
-                cpu_kernels().forward(x, shortcut, norm_weight, norm_bias, norm_state.eps if has_norm else 0.0, weight,
-                                      bias, bn_weight, bn_bias, bn_state.eps)
+                cpu_kernels().forward(x, shortcut, _fp32(norm_weight), _fp32(norm_bias),
+                                      norm_state.eps if has_norm else 0.0, _fp32(weight), _fp32(bias), _fp32(bn_weight),
+                                      _fp32(bn_bias), bn_state.eps)
             _update_running_statistics(bn_state, batch_mean, batch_var, x)
             if has_norm:
                 _update_running_statistics(norm_state, norm_mean, norm_var, x)
@@ -251,9 +273,11 @@ class _FReLUTrainFunction(torch.autograd.Function):
          weight, bias, bn_weight, batch_mean, batch_invstd, funnel_wins) = ctx.saved_tensors
         has_norm = norm_weight is not None
         if ctx.fused:
+            # The kernels' gradients are fp32; autograd casts them to a bf16 model's parameters.
+            norm_weight, norm_bias = _fp32(norm_weight), _fp32(norm_bias)
             grad_act_input, grad_weight, grad_bias, grad_bn_weight, grad_bn_bias = cpu_kernels().backward(
-                grad_out, x, shortcut, norm_weight, norm_bias, norm_mean, norm_invstd, funnel_wins,
-                weight, bias, bn_weight, batch_mean, batch_invstd)
+                grad_out.to(x.dtype), x, shortcut, norm_weight, norm_bias, norm_mean, norm_invstd, funnel_wins,
+                _fp32(weight), _fp32(bias), _fp32(bn_weight), batch_mean, batch_invstd)
         else:
             needs_input_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or has_norm
             grad_act_input, grad_weight, grad_bias, grad_bn_weight, grad_bn_bias = _funnel_backward(
@@ -292,8 +316,9 @@ def _funnel_forward(x, shortcut, norm_weight, norm_bias, norm_state: Optional[_B
 def _update_running_statistics(state: _BatchNormState, batch_mean, batch_var, x):
     """A training-mode BN's update of its running statistics, with the unbiased batch variance."""
     count = x.numel() // x.shape[1]
-    state.running_mean.lerp_(batch_mean, state.momentum)
-    state.running_var.lerp_(batch_var * (count / (count - 1)), state.momentum)
+    dtype = state.running_mean.dtype
+    state.running_mean.lerp_(batch_mean.to(dtype), state.momentum)
+    state.running_var.lerp_((batch_var * (count / (count - 1))).to(dtype), state.momentum)
 
 
 def _funnel_backward(grad_out, x, shortcut, norm_weight, norm_bias, norm_mean, norm_invstd, funnel_wins,

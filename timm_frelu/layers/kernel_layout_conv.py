@@ -1,6 +1,6 @@
 """The first conv of a FReLU network, taking its input to the FReLU CPU kernels' layout.
 
-FReLU's CPU kernels take fp32 channels_last activations. A FReLU block moves an NCHW activation to
+FReLU's CPU kernels take fp32 or bf16 channels_last activations. A FReLU block moves an NCHW activation to
 that layout itself, but only at its first FReLU: the stem and the first conv before it would run
 in NCHW, slower here, and the move copies an activation 16-64 channels wide. Moving the 3-channel
 input instead costs little and runs the whole network in the kernels' layout, for any caller of
