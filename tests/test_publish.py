@@ -54,6 +54,7 @@ def test_published_folder_holds_fp16_ema_weights_config_results_and_card(publish
     results = json.loads((published / 'results.json').read_text())
     assert results['weights_sha256'] == file_sha256(published / 'model.safetensors')
     assert results['weights'] == 'ema' and results['weights_dtype'] == 'float16'
+    assert results['evaluations'][0]['training']['precision'] == 'float32'
     # The recorded evaluation is the eval command's, on exactly this file.
     again = validate(validate_parser.parse_args(['--model', MODEL, '--checkpoint', str(published / 'model.safetensors'),
                                                  '--dataset', 'folder', '--data-dir', str(data_dir)]))

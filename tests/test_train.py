@@ -97,6 +97,34 @@ def test_channels_last_run_takes_the_cpu_kernels_and_trains_alike(data_dir, refe
     assert float(rows[-1]['train_loss']) < float(rows[0]['train_loss'])
 
 
+def test_bf16_run_trains_on_the_kernels_and_records_its_precision_across_a_resume(data_dir, reference_run, tmp_path):
+    # --amp on the CPU is bf16 autocast, which channels_last FReLU runs on its bf16 kernels; the
+    # parameters, optimizer and EMA state stay fp32. Resumed without --amp, the later epochs are
+    # fp32, and args.yaml says which epochs were which.
+    cmd = _train_cmd(data_dir, tmp_path, 'bf16', '--channels-last', '--amp')
+    cmd[cmd.index('--epochs') + 1] = '2'
+    result = _run(cmd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / 'bf16'
+    assert 'in bfloat16 autocast' in result.stderr
+    assert yaml.safe_load((run_dir / 'args.yaml').read_text())['precision'] == 'bfloat16 autocast'
+    last = _load(run_dir / 'last.pth.tar')
+    assert all(t.dtype == torch.float32 for key in ('state_dict', 'state_dict_ema') for t in last[key].values()
+               if t.is_floating_point())
+    assert all(s.dtype == torch.float32 for state in last['optimizer']['state'].values() for s in state.values()
+               if torch.is_tensor(s))
+    rows, reference = _summary(run_dir), _summary(reference_run)
+    assert abs(float(rows[0]['train_loss']) - float(reference[0]['train_loss'])) < 0.05 * float(reference[0]['train_loss'])
+
+    resumed = [arg for arg in cmd if arg != '--amp'] + ['--resume', str(run_dir / 'last.pth.tar')]
+    resumed[resumed.index('--epochs') + 1] = '3'
+    result = _run(resumed)
+    assert result.returncode == 0, result.stderr[-3000:]
+    args = yaml.safe_load((run_dir / 'args.yaml').read_text())
+    assert args['precision'] == 'bfloat16 autocast from epoch 0 to 1, float32 from epoch 2'
+    assert len(_summary(run_dir)) == 3
+
+
 @pytest.mark.parametrize('recipe, reference', [((), 'reference_run'), (TUNED200, 'tuned200_reference_run')],
                          ids=['default', 'tuned200'])
 def test_killed_run_resumes_exactly(data_dir, recipe, reference, request, tmp_path):

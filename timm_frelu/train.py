@@ -147,8 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     group.add_argument('--dist-backend', default=None, help='DDP backend (default: nccl on CUDA, gloo on CPU)')
     group.add_argument('--dist-url', default=None)
-    group.add_argument('--amp', action='store_true', help='mixed precision')
-    group.add_argument('--amp-dtype', default='bfloat16', help='bfloat16 or float16')
+    group.add_argument('--amp', action='store_true', help='mixed precision (on the CPU: bf16 autocast)')
+    group.add_argument('--amp-if-native', action='store_true',
+                       help='mixed precision only where the device computes --amp-dtype natively (on the CPU: bf16 '
+                            'on AMX or AVX512_BF16), fp32 elsewhere; the CPU recipes\' default')
+    group.add_argument('--amp-dtype', default='bfloat16', choices=('bfloat16', 'float16'),
+                       help='autocast dtype (the CPU supports bfloat16 only)')
     group.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     group.add_argument('--log-interval', type=int, default=50, help='steps between progress lines')
     group.add_argument('--checkpoint-hist', type=int, default=1, help='how many best checkpoint-<epoch> files to keep')
@@ -214,6 +218,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f'{flag} must be at least 1, got {value}.')
     if args.weight_decay < 0:
         raise ValueError(f'--weight-decay must not be negative, got {args.weight_decay:g}.')
+    if (args.amp or args.amp_if_native) and args.amp_dtype != 'bfloat16' and str(args.device).startswith('cpu'):
+        raise ValueError(f'--amp-dtype {args.amp_dtype} is not supported on the CPU: use --amp-dtype bfloat16.')
     check_model_name(args.model)
 
 
@@ -222,6 +228,54 @@ def scaled_lr(args: argparse.Namespace) -> float:
     batch_ratio = args.batch_size * args.world_size / args.lr_base_size
     scale = args.lr_base_scale or ('sqrt' if any(o in args.opt.lower() for o in ('ada', 'lamb')) else 'linear')
     return args.lr_base * (batch_ratio ** 0.5 if scale == 'sqrt' else batch_ratio)
+
+
+def computes_natively(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``device`` computes ``dtype`` matmuls and convolutions in hardware: on the CPU,
+    bf16 where oneDNN has native bf16 kernels (AMX, AVX512_BF16); elsewhere it would be emulated,
+    slower than fp32."""
+    if device.type == 'cuda':
+        return dtype == torch.float16 or torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == 'cpu' and dtype == torch.bfloat16:
+        # torch has no public query. This private op, which torch's own CPU bf16 tests consult, is
+        # also true on AVX-512 CPUs that oneDNN runs bf16 on by emulation, so the CPU's own flags
+        # must show bf16 instructions too.
+        query = getattr(torch.ops.mkldnn, '_is_mkldnn_bf16_supported', None)
+        return bool(query is not None and query() and _cpu_flags() & {'avx512_bf16', 'amx_bf16'})
+    return False
+
+
+def _cpu_flags() -> frozenset:
+    """The instruction-set flags /proc/cpuinfo lists for this CPU (empty where it cannot be read)."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            return frozenset(next((line.split(':', 1)[1].split() for line in f if line.startswith('flags')), []))
+    except OSError:
+        return frozenset()
+
+
+def autocast_dtype(args: argparse.Namespace, device: torch.device) -> Optional[torch.dtype]:
+    """The dtype training autocasts to, or None for fp32: ``--amp`` always, ``--amp-if-native``
+    where the device computes it natively."""
+    dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
+    if args.amp or (args.amp_if_native and computes_natively(device, dtype)):
+        return dtype
+    return None
+
+
+def precision_record(earlier: Dict[str, Any], start_epoch: int, precision: str) -> Dict[str, Any]:
+    """args.yaml's precision fields: ``precision`` as a run-wide description, and
+    ``precision_history``, the epoch each stretch of the run started at and its precision (a run
+    resumed on another machine may train its later epochs in another precision)."""
+    history = [stretch for stretch in earlier.get('precision_history') or [] if stretch['from_epoch'] < start_epoch]
+    if not history or history[-1]['precision'] != precision:
+        history.append(dict(from_epoch=start_epoch, precision=precision))
+    if len(history) == 1:
+        return dict(precision=precision, precision_history=history)
+    ends = [stretch['from_epoch'] for stretch in history[1:]] + [None]
+    described = ', '.join(f"{stretch['precision']} from epoch {stretch['from_epoch']}" + (f' to {end - 1}' if end else '')
+                          for stretch, end in zip(history, ends))
+    return dict(precision=described, precision_history=history)
 
 
 def _output_dir(args: argparse.Namespace) -> Path:
@@ -345,9 +399,11 @@ def train(args: argparse.Namespace, epoch_callback: Optional[Callable[[int, Dict
                          f'and a global batch of {args.batch_size * args.world_size}.')
     optimizer = create_optimizer_v2(
         weight_decay_param_groups(model, args.weight_decay, args.weight_decay_exclude), **optimizer_kwargs(cfg=args))
-    amp_dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
-    autocast = partial(torch.autocast, device_type=device.type, dtype=amp_dtype) if args.amp else nullcontext
-    loss_scaler = NativeScaler(device=device.type) if args.amp and amp_dtype == torch.float16 else None
+    amp_dtype = autocast_dtype(args, device)
+    # Autocast leaves the parameters, and so the optimizer and EMA state, in fp32.
+    autocast = partial(torch.autocast, device_type=device.type, dtype=amp_dtype) if amp_dtype else nullcontext
+    loss_scaler = NativeScaler(device=device.type) if amp_dtype == torch.float16 else None
+    precision = f'{str(amp_dtype).removeprefix("torch.")} autocast' if amp_dtype else 'float32'
 
     output_dir = _output_dir(args)
     start_epoch = 0
@@ -403,8 +459,10 @@ def train(args: argparse.Namespace, epoch_callback: Optional[Callable[[int, Dict
     summary_csv = output_dir / 'summary.csv'
     if primary:
         output_dir.mkdir(parents=True, exist_ok=True)
+        earlier = read_yaml_mapping(output_dir / 'args.yaml', 'args.yaml') if (output_dir / 'args.yaml').is_file() else {}
         args_record = dict(vars(args), num_classes=num_classes, train_data=train_set.source,
-                           eval_data=eval_set.source if eval_set else None)
+                           eval_data=eval_set.source if eval_set else None,
+                           **precision_record(earlier if args.resume else {}, start_epoch, precision))
         write_text_atomic(output_dir / 'args.yaml', yaml.safe_dump(args_record, sort_keys=False))
         saver = AtomicCheckpointSaver(model, optimizer, args=args, model_ema=model_ema, amp_scaler=loss_scaler,
                                 checkpoint_dir=str(output_dir), recovery_dir=str(output_dir),
@@ -416,7 +474,8 @@ def train(args: argparse.Namespace, epoch_callback: Optional[Callable[[int, Dict
         if args.log_wandb:
             _init_wandb(args, output_dir)
         _logger.info(f'Training {args.model} ({num_classes} classes) on {args.dataset}/{args.train_split} '
-                     f'({len(train_set)} images) for {num_epochs} epochs from epoch {start_epoch}; output in {output_dir}')
+                     f'({len(train_set)} images) for {num_epochs} epochs from epoch {start_epoch} in {precision}; '
+                     f'output in {output_dir}')
 
     num_updates = start_epoch * len(loader_train)
     try:

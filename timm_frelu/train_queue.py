@@ -155,8 +155,9 @@ def restore_queue(spec: Dict[str, Any], output: Path, keep: Path) -> Dict[str, s
 
 
 def queue_output(spec: Dict[str, Any], output: Optional[Path] = None) -> Path:
-    """The parent of the run folders: ``output`` when given, else the queue file's."""
-    return Path(output or spec.get('output', 'output/queue'))
+    """The parent of the run folders: ``output`` when given, else the queue file's (``~`` is the
+    home folder: run folders that must outlive the checkout live outside it)."""
+    return Path(output or spec.get('output', 'output/queue')).expanduser()
 
 
 def _published(run: Dict[str, Any]) -> Optional[Path]:

@@ -20,7 +20,7 @@ LEARNING_CURVE_FILENAME = 'learning_curve.png'
 
 RECIPE_KEYS = ('epochs', 'opt', 'lr', 'momentum', 'weight_decay', 'batch_size', 'sched', 'decay_milestones',
                'warmup_epochs', 'smoothing', 'model_ema', 'model_ema_decay', 'mixup', 'cutmix', 'aa', 'cutout',
-               'crop_padding', 'hflip', 'seed', 'dataset')
+               'crop_padding', 'hflip', 'seed', 'dataset', 'precision')
 
 CITATION = '''@inproceedings{ma2020funnel,
   title={Funnel Activation for Visual Recognition},
