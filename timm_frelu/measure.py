@@ -7,7 +7,7 @@ and runs at this process's thread count (its default is one thread).
 import os
 import statistics
 from contextlib import nullcontext
-from typing import Callable, Dict, Hashable, Iterable, List, Optional
+from typing import Any, Callable, Dict, Hashable, Iterable, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +56,7 @@ def training_step(model: torch.nn.Module, batch_size: int, channels_last: bool =
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     x = _batch(model, batch_size, channels_last, device)
     y = torch.randint(0, max(model.num_classes, 1), (batch_size,), device=device)
-    autocast = (lambda: torch.autocast(device.type, dtype=autocast_dtype)) if autocast_dtype else nullcontext
+    autocast = _autocast(device, autocast_dtype)
 
     def step() -> None:
         model.train()
@@ -68,19 +68,25 @@ def training_step(model: torch.nn.Module, batch_size: int, channels_last: bool =
     return step
 
 
-def inference_step(model: torch.nn.Module, batch_size: int, channels_last: bool = False, compile: bool = False) -> Step:
+def inference_step(model: torch.nn.Module, batch_size: int, channels_last: bool = False, compile: bool = False,
+                   autocast_dtype: Optional[torch.dtype] = None) -> Step:
     """One eval-mode forward pass of ``model`` under ``torch.no_grad`` on a random batch."""
     device = next(model.parameters()).device
     if channels_last:
         model.to(memory_format=torch.channels_last)
     forward = torch.compile(model) if compile else model
     x = _batch(model, batch_size, channels_last, device)
+    autocast = _autocast(device, autocast_dtype)
 
     def step() -> None:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             forward(x)
     return step
+
+
+def _autocast(device: torch.device, dtype: Optional[torch.dtype]) -> Callable[[], Any]:
+    return (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext
 
 
 def _timer(step: Step):

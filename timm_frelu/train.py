@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--dist-backend', default=None, help='DDP backend (default: nccl on CUDA, gloo on CPU)')
     group.add_argument('--dist-url', default=None)
     group.add_argument('--amp', action='store_true', help='mixed precision (on the CPU: bf16 autocast)')
-    group.add_argument('--amp-if-native', action='store_true',
+    group.add_argument('--amp-if-native', action=argparse.BooleanOptionalAction, default=False,
                        help='mixed precision only where the device computes --amp-dtype natively (on the CPU: bf16 '
                             'on AMX or AVX512_BF16), fp32 elsewhere; the CPU recipes\' default')
     group.add_argument('--amp-dtype', default='bfloat16', choices=('bfloat16', 'float16'),
