@@ -5,7 +5,9 @@
 // activation, and as many again in backward. Here forward is two passes (the conv's statistics,
 // then the BN'd condition, the max and the mask) and backward three (BN's gradient sums, the
 // conv's gradient with its weight gradient, then the input gradient). The depthwise conv is
-// cheap to recompute from the input rows around it, which are in cache, so no pass stores it.
+// cheap to recompute from the input rows around it, which are in cache, so forward stores it
+// nowhere; backward keeps it from its first pass to its second in the fp32 buffer that then
+// holds the conv's gradient, which the third pass needs anyway.
 //
 // The unit of work is one image row, W * C contiguous floats in NHWC. A conv tap shifts a whole
 // row by whole pixels, so every inner loop runs over a contiguous span of a row, with
@@ -344,14 +346,16 @@ void add_norm_grad_sums(const float* __restrict__ conv, const T* __restrict__ gr
   }
 }
 
+// conv_then_grad holds the conv output on entry and its gradient on return.
 template <typename T>
-void conv_grad(const float* __restrict__ conv, const T* __restrict__ grad, const uint8_t* __restrict__ wins,
+void conv_grad(float* __restrict__ conv_then_grad, const T* __restrict__ grad, const uint8_t* __restrict__ wins,
                const float* __restrict__ k, const float* __restrict__ offset, const float* __restrict__ slope,
-               float* __restrict__ grad_conv, float* __restrict__ sum_grad_conv, int64_t n) {
+               float* __restrict__ sum_grad_conv, int64_t n) {
   for (int64_t t = 0; t < n; ++t) {
     const float grad_condition = wins[t] ? widen(grad[t]) : 0.f;
-    grad_conv[t] = k[t] * grad_condition + offset[t] + slope[t] * conv[t];
-    sum_grad_conv[t] += grad_conv[t];
+    const float grad_conv = k[t] * grad_condition + offset[t] + slope[t] * conv_then_grad[t];
+    conv_then_grad[t] = grad_conv;
+    sum_grad_conv[t] += grad_conv;
   }
 }
 
@@ -698,9 +702,11 @@ std::vector<at::Tensor> backward_of(const at::Tensor& grad_out_any, const at::Te
   with_channel_block(g.C, [&](auto block) {
     constexpr int B = decltype(block)::value;
     // BN's gradient sums: of the condition's gradient (grad_out where the funnel won), and of
-    // its product with the normalised conv output.
-    const Doubles sums = sum_each_row(in.x, transform, g, 2 * L, [&](const RowWindow& window, int64_t r,
-                                                                       float* conv, float* partial) {
+    // its product with the normalised conv output. The conv output is kept in grad_conv's
+    // buffer, where the next pass turns it into its gradient instead of computing it again.
+    const Doubles sums = sum_each_row(in.x, transform, g, 2 * L, [&](const RowWindow& window, int64_t r, float*,
+                                                                       float* partial) {
+      float* conv = grad_conv_data + r * L;
       conv_row<B>(window, taps, in.bias, g, conv);
       add_norm_grad_sums(conv, grad_data + r * L, mask_data + r * L, mean_tiled.data(), invstd_tiled.data(), partial,
                          partial + L, L);
@@ -722,11 +728,10 @@ std::vector<at::Tensor> backward_of(const at::Tensor& grad_out_any, const at::Te
     // The conv output's gradient, stored for the input gradient's pass; with the input rows it
     // came from, it makes the depthwise weight's gradient.
     const Doubles weight_sums = sum_each_row(in.x, transform, g, L + KK * C, [&](const RowWindow& window, int64_t r,
-                                                                                   float* conv, float* partial) {
-      conv_row<B>(window, taps, in.bias, g, conv);
+                                                                                   float*, float* partial) {
       float* gc = grad_conv_data + r * L;
-      conv_grad(conv, grad_data + r * L, mask_data + r * L, k_tiled.data(), offset_tiled.data(), slope_tiled.data(),
-                gc, partial, L);
+      conv_grad(gc, grad_data + r * L, mask_data + r * L, k_tiled.data(), offset_tiled.data(), slope_tiled.data(),
+                partial, L);
       add_tap_products<B>(window, gc, g, partial + L);
     });
     std::copy(weight_sums.begin() + L, weight_sums.end(), grad_weight.begin());
