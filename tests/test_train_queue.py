@@ -166,3 +166,56 @@ def test_a_published_run_is_not_trained_again_from_an_older_run_folder(queue_fil
     assert cli_main(['train-queue', str(queue_file)]) == 0
     assert 'first: done' in capsys.readouterr().out
     assert (older / 'last.pth.tar').read_bytes() == b'stopped after epoch 0'
+
+
+def test_a_run_with_a_publish_entry_is_published_by_the_queue_when_it_finishes(tmp_path, capsys):
+    """The queue records a finished run itself: no hand-added published: entry, which once slipped
+    and would have had a fresh checkout train the run again."""
+    data = make_image_folder(tmp_path / 'data', num_classes=10, per_class=3)
+    record = tmp_path / 'records' / 'only'
+    spec = dict(output=str(tmp_path / 'runs'),
+                defaults=dict(dataset='folder', data_dir=str(data), epochs=1, batch_size=10, threads=1),
+                runs=[dict(experiment='only', args=dict(model='resnet20_relu', seed=0),
+                           publish=dict(name='resnet20_relu.test_cifar10', into=str(record), card=False,
+                                        eval_datasets=['folder']))])
+    queue = tmp_path / 'queue.yaml'
+    queue.write_text(yaml.safe_dump(spec))
+    assert cli_main(['train-queue', str(queue)]) == 0
+    published = record / 'resnet20_relu.test_cifar10'
+    assert f'only: done, published in {published}' in capsys.readouterr().out
+    assert {'model.safetensors', 'results.json', 'summary.csv', 'config.json'} <= {p.name for p in published.iterdir()}
+    assert 'README.md' not in {p.name for p in published.iterdir()}
+    written = (published / 'results.json').stat().st_mtime_ns
+    # A fresh checkout: no run folders, the record alone says the run is done; nothing is trained or published again.
+    shutil.rmtree(tmp_path / 'runs')
+    assert cli_main(['train-queue', str(queue)]) == 0
+    assert 'only: done\n' in capsys.readouterr().out
+    assert not (tmp_path / 'runs' / 'only').exists() and (published / 'results.json').stat().st_mtime_ns == written
+
+
+def test_a_bad_publish_entry_is_a_clear_error(tmp_path, capsys):
+    path = tmp_path / 'queue.yaml'
+    path.write_text(yaml.safe_dump(dict(output='runs', runs=[{'experiment': 'a', 'publish': 'resnet20_relu.x_cifar10'}])))
+    assert cli_main(['train-queue', str(path)]) == 2
+    assert 'publish must be a mapping with a name' in capsys.readouterr().err
+
+
+def test_a_run_continues_on_a_fresh_machine_from_its_lean_snapshot(queue_file, tmp_path):
+    runs, keep = tmp_path / 'runs', tmp_path / 'in-progress'
+    spec = yaml.safe_load(queue_file.read_text())
+    spec['runs'] = spec['runs'][1:]  # the FReLU run alone
+    queue_file.write_text(yaml.safe_dump(spec))
+    kill_when(_queue_cmd(queue_file), lambda: (runs / 'second' / 'summary.csv').is_file()
+              and len(_epochs(runs / 'second')) >= 2, settle=0.5, timeout=600)
+    done = len(_epochs(runs / 'second'))
+    result = subprocess.run(_queue_cmd(queue_file) + ['--snapshot', str(keep), '--lean'], capture_output=True, text=True,
+                            timeout=600)
+    assert f'second: lean snapshot kept, {done} of {EPOCHS} epochs done' in result.stdout, result.stdout + result.stderr
+    shutil.rmtree(runs)  # a fresh machine
+    result = subprocess.run(_queue_cmd(queue_file) + ['--restore', str(keep)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f'second: restored from its lean snapshot, {done} epochs done' in result.stdout
+    assert f'continuing from its restored weights at epoch {done}' in result.stderr
+    assert _epochs(runs / 'second') == list(range(EPOCHS))
+    args = yaml.safe_load((runs / 'second' / 'args.yaml').read_text())
+    assert args['start_epoch'] == done and [s['from_epoch'] for s in args['precision_history']] == [0]

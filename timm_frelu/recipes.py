@@ -37,7 +37,8 @@ CPU_RECIPE = dict(
     crop_padding=4, hflip=0.5, amp_if_native=True,
 )
 
-# The study's networks on a CPU budget: the study's SGD family (momentum 0.9, lr 0.1 at batch 128,
+# The study's networks on a CPU budget (30 epochs; 20 for ResNet-34/50, whose bf16 epoch on an AMX
+# Xeon takes 2-3x ResNet-18's, benchmarks/perf.py): the study's SGD family (momentum 0.9, lr 0.1 at batch 128,
 # weight decay 5e-4, pad-4 crop and flip) with what short schedules need, taken from the
 # literature rather than searched: a cosine decay to zero stepped every update after a one-epoch
 # warm-up (Loshchilov and Hutter, SGDR; Goyal et al. for the warm-up), label smoothing 0.1
@@ -45,16 +46,16 @@ CPU_RECIPE = dict(
 # (Polyak averaging, as timm's recipes do). The lr stays the study's 0.1: the tuned200 lesson is
 # that an lr searched for one budget can be wrong at another, and 0.1 at batch 128 is the value
 # ResNet-18/34/50 CIFAR recipes share at 30 to 200 epochs.
-CPU30_ARCHS = STUDY_ARCHS
-CPU30_ACTS = ('frelu', 'relu')
-CPU30_NOTE = (
-    'The study\'s networks on a CPU budget of 30 epochs: the study\'s SGD family (Nesterov momentum 0.9, lr 0.1 at\n'
+CPU_STUDY_EPOCHS = {'resnet18': 30, 'resnet34': 20, 'resnet50': 20}
+CPU_STUDY_ACTS = ('frelu', 'relu')
+CPU_STUDY_NOTE = (
+    'The study\'s networks on a CPU budget of {epochs} epochs: the study\'s SGD family (Nesterov momentum 0.9, lr 0.1 at\n'
     'batch 128, weight decay 5e-4, pad-4 crop and flip) with a cosine decay to zero stepped every update after\n'
     'a one-epoch warm-up, label smoothing 0.1, and an EMA of the weights that is evaluated and published.\n'
     'Taken from the literature, not searched (see timm_frelu/recipes.py). bf16 autocast where the CPU computes\n'
     'it natively (AMX, AVX512_BF16), else fp32; channels_last runs FReLU on its fused CPU kernels.')
-CPU30_RECIPE = dict(
-    epochs=30, opt='sgd', momentum=0.9, lr=0.1, weight_decay=5e-4, batch_size=128,
+CPU_STUDY_RECIPE = dict(
+    opt='sgd', momentum=0.9, lr=0.1, weight_decay=5e-4, batch_size=128,
     sched='cosine', sched_on_updates=True, warmup_epochs=1, warmup_lr=0.0, min_lr=0.0, smoothing=0.1,
     model_ema=True, model_ema_decay=0.999, model_ema_warmup=True,
     crop_padding=4, hflip=0.5, channels_last=True, amp_if_native=True,
@@ -102,11 +103,11 @@ def recipes() -> Iterator[Tuple[str, str, Dict]]:
                     args = dict(model=f'{model}.{dataset}', dataset=f'torch/{dataset}',
                                 num_classes=CIFAR_NUM_CLASSES[dataset], **recipe)
                     yield f'{group}/{model}_{dataset}.yaml', note, args
-    for arch in CPU30_ARCHS:
-        for act in CPU30_ACTS:
+    for arch, epochs in CPU_STUDY_EPOCHS.items():
+        for act in CPU_STUDY_ACTS:
             model = f'{arch}_{act}'
-            args = dict(model=f'{model}.cifar10', dataset='torch/cifar10', num_classes=10, **CPU30_RECIPE)
-            yield f'cpu/cpu30/{model}_cifar10.yaml', CPU30_NOTE, args
+            args = dict(model=f'{model}.cifar10', dataset='torch/cifar10', num_classes=10, epochs=epochs, **CPU_STUDY_RECIPE)
+            yield f'cpu/cpu{epochs}/{model}_cifar10.yaml', CPU_STUDY_NOTE.format(epochs=epochs), args
     for epochs in TUNED_EPOCHS:
         note = TUNED_NOTE.format(epochs=epochs, proxy=TUNED_PROXY_EPOCHS)
         for act in ACTS:

@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--initial-checkpoint', default='', help='load this checkpoint into the model before training')
     group.add_argument('--resume', default='', help='resume a run from its last.pth.tar, into its own folder')
     group.add_argument('--no-resume-opt', action='store_true', help='do not restore the optimizer state when resuming')
+    group.add_argument('--start-epoch', type=int, default=None,
+                       help='start at this epoch of the schedule (with --initial-checkpoint: continue a run from its '
+                            'weights alone, fresh optimizer state and EMA, into its own --output/--experiment folder)')
     group.add_argument('--num-classes', type=int, default=None, help='classifier size (default: the dataset\'s class count)')
     group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, help='extra model arguments, key=value')
     group.add_argument('--drop', type=float, default=0.0, help='dropout rate before the classifier')
@@ -406,14 +409,15 @@ def train(args: argparse.Namespace, epoch_callback: Optional[Callable[[int, Dict
     precision = f'{str(amp_dtype).removeprefix("torch.")} autocast' if amp_dtype else 'float32'
 
     output_dir = _output_dir(args)
-    start_epoch = 0
+    start_epoch = args.start_epoch or 0
     if args.resume:
         if not Path(args.resume).is_file():
             raise FileNotFoundError(f'--resume {args.resume}: no such checkpoint. Point it at a run folder\'s last.pth.tar.')
         read_checkpoint(Path(args.resume))  # a damaged file is a clear error before timm reads it
-        start_epoch = resume_checkpoint(
+        resume_epoch = resume_checkpoint(
             model, args.resume, optimizer=None if args.no_resume_opt else optimizer,
             loss_scaler=loss_scaler, log_info=primary) or 0
+        start_epoch = args.start_epoch if args.start_epoch is not None else resume_epoch  # timm's precedence
     model_ema = None
     if args.model_ema:
         model_ema = ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup)
@@ -462,7 +466,7 @@ def train(args: argparse.Namespace, epoch_callback: Optional[Callable[[int, Dict
         earlier = read_yaml_mapping(output_dir / 'args.yaml', 'args.yaml') if (output_dir / 'args.yaml').is_file() else {}
         args_record = dict(vars(args), num_classes=num_classes, train_data=train_set.source,
                            eval_data=eval_set.source if eval_set else None,
-                           **precision_record(earlier if args.resume else {}, start_epoch, precision))
+                           **precision_record(earlier if args.resume or start_epoch else {}, start_epoch, precision))
         write_text_atomic(output_dir / 'args.yaml', yaml.safe_dump(args_record, sort_keys=False))
         saver = AtomicCheckpointSaver(model, optimizer, args=args, model_ema=model_ema, amp_scaler=loss_scaler,
                                 checkpoint_dir=str(output_dir), recovery_dir=str(output_dir),

@@ -17,23 +17,47 @@ when the command runs again. Several workers (one per core, say, each with ``thr
 run one queue at once: each run is locked while one trains it, the others take the next.
 
 A run whose ``published`` folder (``timm-frelu publish`` output) records every epoch is done, so
-neither a fresh checkout nor an older run folder trains a published run again. Across machines,
+neither a fresh checkout nor an older run folder trains a published run again. A run with a
+``publish`` entry is published by the queue itself as soon as it finishes, into the folder that
+entry names, which is then its ``published`` folder (nothing to add by hand):
+
+      - {experiment: cpu30-resnet18_frelu-seed0, config: ..., publish: {name: resnet18_frelu.cpu30_cifar10}}
+        # into checkpoints/resnet18_frelu.cpu30_cifar10/, with its card
+      - {experiment: ...-seed1, config: ..., publish: {name: resnet18_frelu.cpu30_cifar10, into: docs/results/seeds/...-seed1,
+         card: false}}   # a seed record for the report (eval_datasets: [...] picks the test sets) Across machines,
 ``--snapshot DIR`` copies each unfinished run's resumable state (``args.yaml``, ``summary.csv``,
 ``last.pth.tar``) to ``DIR/<experiment>/`` (a folder to commit), drops the snapshots of runs
 that have finished, and names any finished run whose entry lacks ``published``; ``--restore DIR``
 copies a snapshot of an unpublished run back when it is further along than the run folder, then
 trains as usual.
+
+A run whose ``last.pth.tar`` is too big to commit (over 16 MiB: ResNet-18/34/50, whose optimizer
+and EMA state make 130-280 MB) gets a *lean* snapshot instead: its model weights alone, int8 per
+output channel (11-24 MB), beside ``args.yaml`` and ``summary.csv``. It is written only once the
+run is a third of its epochs past the snapshot already there (a third from the start for the
+first), so a run adds at most two to the repository's history and a fresh machine loses less than
+a third of it. Restored, it continues the run from those weights at that epoch with fresh
+momentum and a fresh EMA (``--initial-checkpoint`` with ``--start-epoch``): not the exact resume
+the same machine's run folder gives, but the weights' rounding is far below what SGD changes in an
+epoch, and the EMA that is published averages the last epochs only.
 """
 import argparse
 import csv
 import fcntl
 import logging
+import math
+import os
 import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .checkpoint import read_checkpoint
 from .errors import TimmFreluError
 from .fileio import copy_file_atomic, read_yaml_mapping
 from .train import check_args, train, training_args
@@ -56,6 +80,13 @@ def load_queue(path: Path) -> Dict[str, Any]:
     if len(set(names)) != len(names):
         raise QueueError(f'{path}: experiment names repeat; each run needs a folder of its own.')
     for run in runs:
+        publish = run.get('publish')
+        if publish is not None and not (isinstance(publish, dict) and publish.get('name')):
+            raise QueueError(f"run {run['experiment']}: publish must be a mapping with a name, e.g. "
+                             "publish: {name: resnet18_frelu.cpu30_cifar10}.")
+        if publish is not None and run.get('published'):
+            raise QueueError(f"run {run['experiment']}: give publish or published, not both; publish names the "
+                             "folder the queue publishes into, which is then the run's published folder.")
         if run.get('published') and not (Path(run['published']) / 'summary.csv').is_file():
             # The queue's paths are relative to the cwd, so the usual cause is running it from elsewhere.
             raise QueueError(f"run {run['experiment']}: its published folder {run['published']} has no summary.csv "
@@ -77,6 +108,13 @@ def run_args(spec: Dict[str, Any], run: Dict[str, Any], output: Path) -> argpars
 
 
 RESUMABLE_FILES = ('args.yaml', 'summary.csv', 'last.pth.tar')
+# A run's record files, which a lean snapshot keeps beside its weights.
+RECORD_FILES = ('args.yaml', 'summary.csv')
+LEAN_WEIGHTS = 'weights-int8.safetensors'
+# Where a restored lean snapshot's weights go in the run folder, for the run to start from.
+RESTART_WEIGHTS = 'restart.safetensors'
+LEAN_ABOVE_BYTES = 16 * 2 ** 20
+_SCALE_SUFFIX = '.int8_scale'
 
 
 def epochs_done(run_dir: Path) -> int:
@@ -91,10 +129,13 @@ def epochs_done(run_dir: Path) -> int:
 def run_state(run_dir: Path, epochs: int, published: Optional[Path] = None) -> str:
     """``done`` when the run's summary or its published folder's reaches the last epoch (a published
     run is not trained again from an older run folder on this machine), ``resume`` when it has a
-    ``last`` checkpoint, else ``new``."""
+    ``last`` checkpoint, ``restart`` when it has the weights of a restored lean snapshot, else
+    ``new``."""
     if any(epochs_done(record) >= epochs for record in (run_dir, published) if record is not None):
         return 'done'
-    return 'resume' if (run_dir / 'last.pth.tar').is_file() else 'new'
+    if (run_dir / 'last.pth.tar').is_file():
+        return 'resume'
+    return 'restart' if (run_dir / RESTART_WEIGHTS).is_file() else 'new'
 
 
 def copy_run_state(source: Path, target: Path) -> None:
@@ -108,8 +149,69 @@ def copy_run_state(source: Path, target: Path) -> None:
         copy_file_atomic(source / name, target / name)
 
 
-def snapshot_queue(spec: Dict[str, Any], output: Path, keep: Path) -> Dict[str, str]:
-    """Copy every unfinished run that has a ``last`` checkpoint into ``keep/<experiment>/``; remove
+def write_lean_snapshot(run_dir: Path, target: Path) -> int:
+    """Keep the model weights of ``run_dir``'s ``last`` checkpoint in ``target``, each weight of
+    more than one dimension as int8 with a scale per output channel, and the run's records;
+    returns the bytes of the weights file. Each file is written whole or not at all."""
+    state = read_checkpoint(run_dir / 'last.pth.tar')['state_dict']
+    tensors = {}
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and tensor.dim() > 1:
+            rows = tensor.detach().float().flatten(1)
+            scale = rows.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / 127
+            tensors[name] = torch.round(rows / scale[:, None]).to(torch.int8).reshape(tensor.shape)
+            tensors[name + _SCALE_SUFFIX] = scale
+        else:
+            tensors[name] = tensor.detach().clone()
+    target.mkdir(parents=True, exist_ok=True)
+    for name in RECORD_FILES:
+        copy_file_atomic(run_dir / name, target / name)
+    partial = target / f'.{LEAN_WEIGHTS}.tmp{os.getpid()}'
+    save_file(tensors, str(partial), metadata={'epochs_done': str(epochs_done(run_dir)), 'format': 'int8 per output channel'})
+    os.replace(partial, target / LEAN_WEIGHTS)
+    (target / 'last.pth.tar').unlink(missing_ok=True)  # a full snapshot of an earlier, smaller format
+    return (target / LEAN_WEIGHTS).stat().st_size
+
+
+def read_lean_snapshot(path: Path) -> Tuple[Dict[str, torch.Tensor], int]:
+    """A lean snapshot's weights, back in fp32, and the epochs the run had done."""
+    with safe_open(str(path), framework='pt') as f:
+        done = int(f.metadata()['epochs_done'])
+        stored = {name: f.get_tensor(name) for name in f.keys()}
+    weights = {}
+    for name, tensor in stored.items():
+        if name.endswith(_SCALE_SUFFIX):
+            continue
+        scale = stored.get(name + _SCALE_SUFFIX)
+        weights[name] = tensor if scale is None else (tensor.float().flatten(1) * scale[:, None]).reshape(tensor.shape)
+    return weights, done
+
+
+def _lean_epochs(kept: Path) -> int:
+    """The epochs a lean snapshot's run had done (0 without one)."""
+    if not (kept / LEAN_WEIGHTS).is_file():
+        return 0
+    with safe_open(str(kept / LEAN_WEIGHTS), framework='pt') as f:
+        return int(f.metadata()['epochs_done'])
+
+
+def _snapshot_run(run_dir: Path, kept: Path, epochs: int, lean: bool) -> str:
+    """Keep an unfinished run's state in ``kept``: whole when ``last.pth.tar`` is small, lean
+    (see the module docstring) when it is big or ``lean`` asks for it."""
+    if not lean and (run_dir / 'last.pth.tar').stat().st_size <= LEAN_ABOVE_BYTES:
+        copy_run_state(run_dir, kept)
+        return f'snapshot kept, {epochs_done(kept)} of {epochs} epochs done'
+    done, before, third = epochs_done(run_dir), _lean_epochs(kept), math.ceil(epochs / 3)
+    if done - before < third:
+        what = f'the snapshot there has {before}' if before else 'none was kept before'
+        return (f'lean snapshot not written: {done} of {epochs} epochs done and {what}, less than a third of the run '
+                f'({third} epochs) apart; a fresh machine would redo at most {done - before} epochs')
+    size = write_lean_snapshot(run_dir, kept)
+    return f'lean snapshot kept, {done} of {epochs} epochs done ({size / 2 ** 20:.1f} MiB of int8 weights)'
+
+
+def snapshot_queue(spec: Dict[str, Any], output: Path, keep: Path, lean: bool = False) -> Dict[str, str]:
+    """Keep every unfinished run that has a ``last`` checkpoint in ``keep/<experiment>/``; remove
     the snapshots of finished runs. Returns what happened to each run."""
     states = {}
     for run in spec['runs']:
@@ -126,8 +228,7 @@ def snapshot_queue(spec: Dict[str, Any], output: Path, keep: Path) -> Dict[str, 
                                       f'would train it again; publish it (timm-frelu publish {run_dir} --name '
                                       f'{args.model}.<tag>) and add published: <that folder> to the entry')
         elif state == 'resume':
-            copy_run_state(run_dir, kept)
-            states[experiment] = f'snapshot kept, {epochs_done(kept)} of {args.epochs} epochs done'
+            states[experiment] = _snapshot_run(run_dir, kept, args.epochs, lean)
     return states
 
 
@@ -138,7 +239,7 @@ def restore_queue(spec: Dict[str, Any], output: Path, keep: Path) -> Dict[str, s
     for run in spec['runs']:
         experiment = run['experiment']
         kept, run_dir = keep / experiment, output / experiment
-        if not (kept / 'last.pth.tar').is_file():
+        if not (kept / 'last.pth.tar').is_file() and not (kept / LEAN_WEIGHTS).is_file():
             continue
         published = _published(run)
         if published is not None and epochs_done(published) >= run_args(spec, run, output).epochs:
@@ -146,12 +247,36 @@ def restore_queue(spec: Dict[str, Any], output: Path, keep: Path) -> Dict[str, s
             states[experiment] = f'not restored: published in {published}; its snapshot is stale'
             continue
         here, there = epochs_done(run_dir), epochs_done(kept)
-        if (run_dir / 'last.pth.tar').is_file() and here >= there:
+        if ((run_dir / 'last.pth.tar').is_file() or (run_dir / RESTART_WEIGHTS).is_file()) and here >= there:
             states[experiment] = f'not restored: the run folder has {here} epochs done, the snapshot no more'
             continue
-        copy_run_state(kept, run_dir)
-        states[experiment] = f'restored, {there} epochs done'
+        if (kept / LEAN_WEIGHTS).is_file():
+            _restore_lean(kept, run_dir)
+            states[experiment] = f'restored from its lean snapshot, {there} epochs done (fresh momentum and EMA)'
+        else:
+            copy_run_state(kept, run_dir)
+            states[experiment] = f'restored, {there} epochs done'
     return states
+
+
+def _restore_lean(kept: Path, run_dir: Path) -> None:
+    """Lay a lean snapshot out in ``run_dir`` for the run to start from: its records, and its
+    weights in fp32. An older ``last`` checkpoint there is kept aside, not resumed."""
+    weights, done = read_lean_snapshot(kept / LEAN_WEIGHTS)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    partial = run_dir / f'.{RESTART_WEIGHTS}.tmp{os.getpid()}'
+    save_file(weights, str(partial), metadata={'epochs_done': str(done)})
+    if (run_dir / 'last.pth.tar').is_file():
+        os.replace(run_dir / 'last.pth.tar', run_dir / 'last-before-restore.pth.tar')
+    for name in RECORD_FILES:
+        copy_file_atomic(kept / name, run_dir / name)
+    os.replace(partial, run_dir / RESTART_WEIGHTS)
+
+
+def restart_epoch(run_dir: Path) -> int:
+    """The epoch a restored lean snapshot's run continues from."""
+    with safe_open(str(run_dir / RESTART_WEIGHTS), framework='pt') as f:
+        return int(f.metadata()['epochs_done'])
 
 
 def queue_output(spec: Dict[str, Any], output: Optional[Path] = None) -> Path:
@@ -161,7 +286,32 @@ def queue_output(spec: Dict[str, Any], output: Optional[Path] = None) -> Path:
 
 
 def _published(run: Dict[str, Any]) -> Optional[Path]:
-    return Path(run['published']) if run.get('published') else None
+    """The run's published folder: its ``published`` entry, or the folder its ``publish`` entry
+    publishes into (which need not exist yet)."""
+    if run.get('published'):
+        return Path(run['published'])
+    publish = run.get('publish')
+    if publish:
+        return Path(publish.get('into', 'checkpoints')) / publish['name']
+    return None
+
+
+def publish_finished_run(run: Dict[str, Any], run_dir: Path, args: argparse.Namespace) -> Optional[Path]:
+    """Publish a finished run as its ``publish`` entry says, unless its folder already records
+    every epoch; returns the folder published into (None for a run without the entry)."""
+    publish_spec, published = run.get('publish'), _published(run)
+    if not publish_spec or epochs_done(published) >= args.epochs:
+        return None
+    from .hub import publish  # publishing evaluates and draws figures: only when a run finishes
+    card = publish_spec.get('card', True)
+    try:
+        publish(run_dir, publish_spec['name'], output_root=published.parent, card=card, data_dir=args.data_dir,
+                **({'eval_datasets': publish_spec['eval_datasets']} if publish_spec.get('eval_datasets') else {}))
+    except TimmFreluError as err:
+        raise QueueError(f"run {run['experiment']} finished, but publishing it failed: {err} Fix that and run the "
+                         "queue again, which publishes it without training.") from None
+    _logger.info(f"{run['experiment']}: {'published' if card else 'recorded'} in {published}")
+    return published
 
 
 @contextmanager
@@ -199,9 +349,13 @@ def run_queue(spec: Dict[str, Any], output: Optional[Path] = None) -> Dict[str, 
             if state != 'done':
                 if state == 'resume':
                     args.resume = str(run_dir / 'last.pth.tar')
-                _logger.info(f'{experiment}: {"resuming" if state == "resume" else "starting"}')
+                elif state == 'restart':
+                    args.initial_checkpoint, args.start_epoch = str(run_dir / RESTART_WEIGHTS), restart_epoch(run_dir)
+                _logger.info(f'{experiment}: ' + {'resume': 'resuming', 'new': 'starting'}.get(
+                    state, f'continuing from its restored weights at epoch {args.start_epoch}'))
                 train(args)
-            states[experiment] = 'done'
+            published = publish_finished_run(run, run_dir, args)
+            states[experiment] = f'done, published in {published}' if published else 'done'
     return states
 
 
@@ -211,6 +365,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--output', default=None, help="parent folder of the run folders (default: the file's output)")
     parser.add_argument('--snapshot', metavar='DIR', default=None,
                         help='copy the unfinished runs\' resumable state to DIR/<experiment>/ and exit (no training)')
+    parser.add_argument('--lean', action='store_true',
+                        help="with --snapshot: keep the runs' weights alone, int8, whatever their checkpoint's size "
+                             '(the default for checkpoints over 16 MiB)')
     parser.add_argument('--restore', metavar='DIR', default=None,
                         help='first copy back the snapshots in DIR that are further along than their run folders')
     args = parser.parse_args(argv)
@@ -219,7 +376,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         spec = load_queue(Path(args.queue))
         output = queue_output(spec, args.output)
         if args.snapshot:
-            states = snapshot_queue(spec, output, Path(args.snapshot))
+            states = snapshot_queue(spec, output, Path(args.snapshot), lean=args.lean)
         else:
             if args.restore:
                 for experiment, state in restore_queue(spec, output, Path(args.restore)).items():
