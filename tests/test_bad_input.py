@@ -238,3 +238,16 @@ def test_training_killed_while_writing_a_checkpoint_keeps_the_last_one_whole(dat
                    '--data-dir', str(data_dir), '--model', 'resnet20_frelu', '--epochs', str(checkpoint['epoch'] + 2),
                    '--batch-size', '20', '--lr', '0.05', '--threads', '1')
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+
+def test_a_sweep_without_optuna_names_the_extra_to_install():
+    # Optuna is the [zoo] extra, not a dependency of the library: without it, one line that says what to install.
+    code = ("import sys\nsys.modules['optuna'] = None  # as if it were not installed\n"
+            "from timm_frelu.cli import main\nsys.exit(main(['sweep', '--help']))\n")
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "needs optuna, which is not installed: pip install 'timm-frelu[zoo]'" in result.stderr
+    assert 'Traceback' not in result.stderr
+    # The library itself imports without it.
+    code = "import sys\nsys.modules['optuna'] = None\nimport timm, timm_frelu\ntimm.create_model('resnet20_frelu')\n"
+    assert subprocess.run([sys.executable, '-c', code], capture_output=True, timeout=300).returncode == 0

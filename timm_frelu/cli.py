@@ -17,6 +17,16 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _weights(args: argparse.Namespace) -> int:
+    from .summary import update_weights_table, weights_table
+    if args.update_readme:
+        changed = update_weights_table(Path(args.update_readme))
+        print(f"{args.update_readme}: pretrained-weights table {'updated' if changed else 'already current'}")
+    else:
+        print(weights_table())
+    return 0
+
+
 def _main_job(args: argparse.Namespace) -> int:
     from .main_job import run
     return run(args.output)
@@ -98,8 +108,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog='timm-frelu', description='FReLU (Funnel activation) models for timm.')
     commands = parser.add_subparsers(dest='command', required=True)
     models = commands.add_parser('models', help='list the registered architectures with params and MACs per activation')
-    models.add_argument('--update-readme', metavar='README', help='rewrite the model table of this README instead of printing it')
+    models.add_argument('--update-readme', metavar='FILE', help='rewrite the model table of this Markdown file (docs/models.md) instead of printing it')
     models.set_defaults(run=_models)
+    weights = commands.add_parser('weights', help='list the published weights with their top-1 on each test set')
+    weights.add_argument('--update-readme', metavar='README', help='rewrite the weights table of this README instead of printing it')
+    weights.set_defaults(run=_weights)
     main_job = commands.add_parser('main', help='the main job: validate the default checkpoint, or train one briefly first')
     main_job.add_argument('--output', default='output/main', help='parent folder of the run folder')
     main_job.set_defaults(run=_main_job)
@@ -151,7 +164,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv and argv[0] in DELEGATED:
         # These commands have parsers of their own (and --help); hand them the rest of the line.
         from importlib import import_module
-        return import_module(f'.{argv[0].replace("-", "_")}', __package__).main(argv[1:])
+        from .errors import MissingExtraError
+        try:
+            command = import_module(f'.{argv[0].replace("-", "_")}', __package__)
+        except MissingExtraError as err:
+            print(f'error: {err}', file=sys.stderr)
+            return 2
+        return command.main(argv[1:])
     args = parser.parse_args(argv)
     from .errors import COMMAND_LINE_ERRORS
     try:

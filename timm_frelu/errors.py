@@ -9,6 +9,23 @@ class TimmFreluError(Exception):
     """Bad input the user can fix (data, weights, checkpoints, recipes, uploads); the message says how."""
 
 
+class MissingExtraError(TimmFreluError, ImportError):
+    """A tool needs a package of one of the optional extras, which is not installed."""
+
+    def __init__(self, package: str, extra: str, what: str) -> None:
+        super().__init__(f"{what} needs {package}, which is not installed: pip install 'timm-frelu[{extra}]' "
+                         f"(or pip install {package}).")
+
+
+def require_optuna():
+    """Optuna, for sweeps and the rank check: the ``[zoo]`` extra, not a dependency of the library."""
+    try:
+        import optuna
+    except ImportError:
+        raise MissingExtraError('optuna', 'zoo', 'Sweeps and the rank check') from None
+    return optuna
+
+
 # A command catches these and prints the message alone: FileNotFoundError and ValueError come from
 # torch, timm and argparse-level checks whose messages already name the missing file or bad value.
 COMMAND_LINE_ERRORS = (TimmFreluError, FileNotFoundError, ValueError)

@@ -21,13 +21,13 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import optuna
-
-from .errors import TimmFreluError
+from .errors import TimmFreluError, require_optuna
 from .fileio import write_text_atomic
 from .figures import read_epochs
 from .sweep import SweepError, default_storage, direction, load_sweep
 from .train_queue import QueueError, load_queue, run_args
+
+optuna = require_optuna()
 
 
 def _ranks(values: List[float], maximize: bool) -> List[int]:

@@ -38,12 +38,13 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-import optuna
 import yaml
-from optuna.study import MaxTrialsCallback
-from optuna.trial import TrialState
 
-from .errors import TimmFreluError
+from .errors import TimmFreluError, require_optuna
+
+optuna = require_optuna()
+from optuna.study import MaxTrialsCallback  # noqa: E402  (after the check that names the extra)
+from optuna.trial import TrialState  # noqa: E402
 from .figures import pyplot
 from .hub.provenance import reproduce_command
 from .fileio import read_yaml_mapping, write_text_atomic
