@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from timm_frelu.data.constants import CIFAR_MEAN_STD
 from timm_frelu.data.shared import unpacked_archive, verified_archive
 from timm_frelu.checkpoint import read_checkpoint
 
@@ -70,6 +71,42 @@ def test_validate_py_matches_the_projects_own_top1(lossless, tmp_path):
     recorded = json.loads((CHECKPOINTS / NAME / 'results.json').read_text())
     ours = next(e for e in recorded['evaluations'] if e['data']['dataset'] == 'shared/cifar10-lossless')
     assert abs(float(row['top1']) - ours['top1']) <= 0.1  # one image of 1,000 either way
+
+
+def _recorded_lossless_top1():
+    recorded = json.loads((CHECKPOINTS / NAME / 'results.json').read_text())
+    return next(e for e in recorded['evaluations'] if e['data']['dataset'] == 'shared/cifar10-lossless')['top1']
+
+
+@pytest.mark.parametrize('reparam', [False, True], ids=['unfused', 'reparam'])
+def test_validate_py_reparam_matches_the_projects_own_top1(lossless, tmp_path, reparam):
+    # --reparam runs timm's reparameterize_model, which folds every FReLU block as timm_frelu.fuse does.
+    _run_script('validate.py', '--model', NAME, '--pretrained', '--data-dir', str(lossless), '--split', 'test',
+                '-b', '100', '--workers', '0', *(['--reparam'] if reparam else []),
+                '--results-file', str(tmp_path / 'results.csv'), cwd=tmp_path)
+    with open(tmp_path / 'results.csv') as f:
+        (row,) = list(csv.DictReader(f))
+    assert abs(float(row['top1']) - _recorded_lossless_top1()) <= 0.1
+
+
+@pytest.mark.parametrize('reparam', [False, True], ids=['unfused', 'reparam'])
+def test_onnx_export_and_validate_give_the_projects_own_top1(lossless, tmp_path, reparam):
+    """timm's onnx_export.py (batch 1, the batch axis dynamic), then its onnx_validate.py in batches of 100
+    on the 1,000 original-pixel test images, with the model's CIFAR preprocessing (it reads no config)."""
+    onnx_file = tmp_path / 'model.onnx'
+    _run_script('onnx_export.py', str(onnx_file), '--model', NAME, '--check-forward',
+                *(['--reparam'] if reparam else []), cwd=tmp_path)
+    import onnx
+    (graph_input,) = onnx.load(str(onnx_file)).graph.input
+    assert graph_input.type.tensor_type.shape.dim[0].dim_param == 'batch'
+    mean, std = CIFAR_MEAN_STD['cifar10']
+    result = subprocess.run([sys.executable, str(SCRIPTS / 'onnx_validate.py'), str(lossless / 'test'), '--onnx-input',
+                             str(onnx_file), '--img-size', '32', '--crop-pct', '1.0', '--mean', *map(str, mean),
+                             '--std', *map(str, std), '-b', '100', '-j', '0'],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    top1 = float(result.stdout.split(' * Prec@1 ')[1].split()[0])
+    assert abs(top1 - _recorded_lossless_top1()) <= 0.1  # one image of 1,000 either way
 
 
 def test_inference_py_writes_labelled_predictions(five_classes, tmp_path):

@@ -27,7 +27,36 @@ CITATION = '''@inproceedings{ma2020funnel,
   author={Ma, Ningning and Zhang, Xiangyu and Sun, Jian},
   booktitle={European Conference on Computer Vision (ECCV)},
   year={2020}
+}
+
+@inproceedings{he2016deep,
+  title={Deep Residual Learning for Image Recognition},
+  author={He, Kaiming and Zhang, Xiangyu and Ren, Shaoqing and Sun, Jian},
+  booktitle={IEEE Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year={2016}
+}
+
+@misc{rw2019timm,
+  author={Ross Wightman},
+  title={PyTorch Image Models},
+  year={2019},
+  publisher={GitHub},
+  howpublished={\\url{https://github.com/huggingface/pytorch-image-models}}
 }'''
+
+# Public CIFAR-10 results of the same architectures with ReLU, from their projects' READMEs (the
+# official test set): what a reader compares these weights with.
+PUBLIC_CIFAR10 = {
+    'resnet20': [('chenyaofo/pytorch-cifar-models', 'https://github.com/chenyaofo/pytorch-cifar-models', 92.60,
+                  '200 epochs, cosine, batch 256')],
+    'resnet56': [('chenyaofo/pytorch-cifar-models', 'https://github.com/chenyaofo/pytorch-cifar-models', 94.37,
+                  '200 epochs, cosine, batch 256')],
+    'resnet18': [('edadaltocg/resnet18_cifar10', 'https://huggingface.co/edadaltocg/resnet18_cifar10', 94.98, ''),
+                 ('huyvnphan/PyTorch_CIFAR10', 'https://github.com/huyvnphan/PyTorch_CIFAR10', 93.07, ''),
+                 ('kuangliu/pytorch-cifar', 'https://github.com/kuangliu/pytorch-cifar', 93.02, '')],
+    'resnet34': [('huyvnphan/PyTorch_CIFAR10', 'https://github.com/huyvnphan/PyTorch_CIFAR10', 93.34, '')],
+    'resnet50': [('huyvnphan/PyTorch_CIFAR10', 'https://github.com/huyvnphan/PyTorch_CIFAR10', 93.65, '')],
+}
 
 
 def _data_label(result: Dict[str, Any]) -> str:
@@ -51,10 +80,10 @@ def render_card(name_tag: str, results: Dict[str, Any], run_args: Dict[str, Any]
         datasets=[dataset_id(run_args.get('dataset'))] if dataset_id(run_args.get('dataset')) else None,
         model_name=name_tag,
         eval_results=[
+            # The data in words: the Hub's config field names a load_dataset config, not one of our folders.
             EvalResult(task_type='image-classification', dataset_type=dataset_id(r['data']['dataset']) or 'imagefolder',
-                       dataset_name=describe_test_data(r['data']),
-                       dataset_config=r['data']['dataset'], dataset_split=r['data']['split'], metric_type='accuracy', metric_name='top-1 accuracy',
-                       metric_value=round(r['top1'], 2))
+                       dataset_name=describe_test_data(r['data']), dataset_split=r['data']['split'],
+                       metric_type='accuracy', metric_name='top-1 accuracy', metric_value=round(r['top1'], 2))
             for r in plain
         ],
     )
@@ -123,23 +152,49 @@ def render_card(name_tag: str, results: Dict[str, Any], run_args: Dict[str, Any]
                   'choose the weights' + (f'; the published ones are from epoch {epoch + 1}.' if epoch is not None else '.'), '']
     else:
         lines += ['No training arguments were recorded with this checkpoint.', '']
+    public = PUBLIC_CIFAR10.get(arch, []) if dataset == 'cifar10' else []
+    if public:
+        lines += ['## Beside public results', '',
+                  f'Public CIFAR-10 `{arch}` models with ReLU, as their own READMEs report them on the official test '
+                  'set, each with its own recipe; compare them with the original-pixel row above, the closer estimate '
+                  'of official accuracy:', '',
+                  '| source | top-1 (%) | training |', '| --- | --- | --- |']
+        lines += [f'| [{source}]({url}) | {top1:.2f} | {training or "-"} |' for source, url, top1, training in public]
+        lines += ['']
+    repo = hub_repo_id(name, tag)
     lines += [
         '## Usage',
         '',
+        'The architecture comes with the **timm-frelu** plugin: install it (`pip install timm-frelu`, from its wheel '
+        'or a source checkout), and import it before creating the model. Without the import, timm reports '
+        f'"Unknown model" for `hf-hub:{repo}`, and so does the Hub\'s own timm snippet.',
+        '',
         '```python',
         'import timm, torch',
-        'import timm_frelu  # registers the architectures',
+        'import timm_frelu  # registers the architectures with timm',
         '',
-        f"model = timm.create_model('{name_tag}', pretrained=True).eval()  # or 'hf-hub:{hub_repo_id(name, tag)}'",
-        'cfg = timm.data.resolve_data_config({}, model=model)  # 32x32, CIFAR mean/std',
-        'transform = timm.data.create_transform(**cfg)',
-        'logits = model(transform(image).unsqueeze(0))  # image: a PIL image',
-        'features = model.forward_features(torch.randn(1, 3, 32, 32))',
-        f"finetuned = timm.create_model('{name_tag}', pretrained=True, num_classes=5)  # new head",
+        f"model = timm.create_model('hf-hub:{repo}', pretrained=True).eval()  # or '{name_tag}'",
+        'config = timm.data.resolve_model_data_config(model)  # 32x32, CIFAR mean/std, crop 1.0',
+        'transform = timm.data.create_transform(**config)',
+        '',
+        '# classification: image is a PIL image',
+        'probabilities = model(transform(image).unsqueeze(0)).softmax(-1)',
+        '',
+        '# feature maps: the stem and every stage',
+        f"features = timm.create_model('hf-hub:{repo}', pretrained=True, features_only=True).eval()",
+        'maps = features(torch.randn(1, 3, 32, 32))',
+        '',
+        '# embeddings: pooled features before the classifier',
+        'embedding = model.forward_head(model.forward_features(torch.randn(1, 3, 32, 32)), pre_logits=True)',
         '```',
         '',
-        'Fine-tune with `python -m timm_frelu.train --model {0} --pretrained --dataset folder --data-dir DIR '
-        '--num-classes N`.'.format(name_tag),
+        'transformers loads it too, once the plugin is imported: '
+        f"`AutoModelForImageClassification.from_pretrained('{repo}')` (timm's wrapper; `config.id2label` holds the "
+        'class names).',
+        '',
+        'Fine-tune with timm\'s own `train.py` (from a clone of timm\'s repository) through '
+        '`timm-frelu run path/to/pytorch-image-models/train.py --model {0} --pretrained --num-classes N ...`, or with '
+        '`python -m timm_frelu.train --model {0} --pretrained --dataset folder --data-dir DIR --num-classes N`.'.format(name_tag),
         '',
         '## Limitations',
         '',

@@ -12,11 +12,12 @@ RUN_LOCAL_KEYS = ('resume', 'no_resume_opt', 'output', 'experiment', 'data_dir',
                   'log_interval', 'log_wandb', 'checkpoint_hist')
 # Paths that matter to what was trained: kept as the file's name.
 PATH_KEYS = ('config', 'initial_checkpoint', 'pretrained_path')
+# The Hub dataset each is (a copy of), for model cards' metadata, and the data in words.
 TRAINING_DATASETS = {
-    'shared/cifar10-jpeg': ('cifar10', 'the CIFAR-10 training set as a lossy JPEG copy (quality ~75; not the official pixels)'),
-    'shared/cifar10-lossless': ('cifar10', 'the first 4,000 CIFAR-10 training images, original pixels'),
-    'torch/cifar10': ('cifar10', 'the official CIFAR-10 training set (torchvision)'),
-    'torch/cifar100': ('cifar100', 'the official CIFAR-100 training set (torchvision)'),
+    'shared/cifar10-jpeg': ('uoft-cs/cifar10', 'the CIFAR-10 training set as a lossy JPEG copy (quality ~75; not the official pixels)'),
+    'shared/cifar10-lossless': ('uoft-cs/cifar10', 'the first 4,000 CIFAR-10 training images, original pixels'),
+    'torch/cifar10': ('uoft-cs/cifar10', 'the official CIFAR-10 training set (torchvision)'),
+    'torch/cifar100': ('uoft-cs/cifar100', 'the official CIFAR-100 training set (torchvision)'),
 }
 
 
@@ -88,7 +89,7 @@ def describe_training_data(run_args: Dict[str, Any]) -> str:
 
 
 def dataset_id(dataset: Optional[str]) -> Optional[str]:
-    """The Hub dataset id of one of the project's dataset names (``cifar10``), when it is a known one."""
+    """The Hub dataset id (``uoft-cs/cifar10``) of one of the project's dataset names, when it is a known one."""
     return TRAINING_DATASETS.get(dataset, (None, None))[0]
 
 

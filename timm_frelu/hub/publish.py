@@ -145,8 +145,7 @@ def publish(
         described = weights_entry(results, portable_args(run_args), num_classes).pretrained_cfg_fields()
         if not card:  # a record kept in the repo, never a Hub repo of its own
             described.pop('origin_url')
-        save_config_for_hf(model, str(stage / 'config.json'), model_config={'pretrained_cfg': dict(tag=tag, **described)},
-                           model_args=model_args or None)
+        write_config(model, stage / 'config.json', dict(tag=tag, **described), model_args)
         if card:
             has_figure = figure and _draw_figure(f'{name}.{dataset}', stage, data_dir)
             if figure and (stage / 'summary.csv').is_file():
@@ -168,6 +167,23 @@ def publish(
     if zoo_root is not None and output_root.resolve() == zoo_root.resolve():
         write_manifest(build_manifest(zoo_root))
     return final
+
+
+def write_config(model: torch.nn.Module, path: Path, pretrained_cfg: Dict[str, Any], model_args: Dict[str, Any]) -> None:
+    """timm's ``config.json`` of ``model``, readable by transformers' timm wrapper too
+    (``AutoModelForImageClassification``), which builds the model as
+    ``timm.create_model(architecture, num_classes=<its label count>, **model_args)``: so
+    ``model_args`` must not repeat ``num_classes``, the class names go at the top level too (its
+    ``id2label``), and ``dtype`` says the model runs in fp32 (it would otherwise take the fp16 of
+    the stored weights). timm reads ``num_classes`` from the top level."""
+    save_config_for_hf(model, str(path), model_config={'pretrained_cfg': pretrained_cfg}, model_args=model_args or None)
+    config = json.loads(path.read_text())
+    config.get('model_args', {}).pop('num_classes', None)
+    label_names = config['pretrained_cfg'].get('label_names')
+    if label_names:
+        config['label_names'] = label_names
+    config['dtype'] = 'float32'
+    path.write_text(json.dumps(config, indent=2))
 
 
 def _recover_interrupted(output_root: Path, name_tag: str) -> None:

@@ -163,6 +163,13 @@ class FReLU(nn.Module):
     def extra_repr(self) -> str:
         return f'{self.weight.shape[0]}, kernel_size={self.kernel_size}, bias={self.bias is not None}'
 
+    @torch.jit.unused
+    def fuse(self) -> nn.Module:
+        """This FReLU for inference, its BN folded into the depthwise kernel (a :class:`FusedFReLU`):
+        what timm's ``reparameterize_model`` (``--reparam`` in its scripts) replaces it with."""
+        from .fuse import FusedFReLU  # fuse.py builds on this module
+        return FusedFReLU.from_frelu(self)
+
 
 def fold_batch_norm(weight: torch.Tensor, bias: Optional[torch.Tensor], bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
     """The kernel and bias of ``bn(conv(x))`` as one conv, from the BN's running statistics:

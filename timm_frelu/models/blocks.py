@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from timm.models.resnet import BasicBlock, Bottleneck
 
-from ..layers import BLOCK_ACTIVATIONS, create_block_act
+from ..layers import BLOCK_ACTIVATIONS, create_block_act, fuse
 
 __all__ = ['ActBasicBlock', 'ActBottleneck', 'FReLUBasicBlock', 'FReLUBottleneck', 'block_class', 'block_classes']
 
@@ -58,6 +58,13 @@ class _FReLUForward:
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.lean = _plain_layout(kwargs)
+
+    @torch.jit.unused
+    def fuse(self) -> nn.Module:
+        """An eval-only copy of this block with every BN folded into its conv, FReLU's included, as
+        :func:`timm_frelu.fuse` folds them: what timm's ``reparameterize_model`` (``--reparam`` in
+        its scripts) replaces the block with."""
+        return fuse(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.lean and self.training and not torch.jit.is_scripting() and _lean_applies(x):
