@@ -24,8 +24,8 @@ PRECISION_FLAGS = {'fp32': ['--no-amp-if-native'], 'bf16': ['--amp']}
 
 
 def recipe(model: str) -> Path:
-    """The model's CPU recipe: the study networks' cpu30, else the CPU-budget one."""
-    for path in (RECIPES / 'cpu30' / f'{model}_cifar10.yaml', RECIPES / f'{model}_cifar10.yaml'):
+    """The model's CPU recipe: the study networks' (cpu30/, cpu20/), else the CPU-budget one."""
+    for path in [*sorted(RECIPES.glob(f'cpu[0-9]*/{model}_cifar10.yaml')), RECIPES / f'{model}_cifar10.yaml']:
         if path.is_file():
             return path
     raise SystemExit(f'No CPU recipe for {model} in {RECIPES}.')

@@ -177,6 +177,21 @@ def test_pretrained_without_weights_fails_at_once_and_names_the_weights_that_exi
     assert info.value.__cause__ is None
 
 
+def test_a_bare_name_without_weights_is_named_as_typed_and_the_listing_it_points_to_lists_them_all(capsys):
+    # A bare name is its first tag (its longest-trained weights, else cifar10); the error names the
+    # name the user typed, not the tag timm resolved it to.
+    assert timm.create_model('resnet50_frelu').pretrained_cfg['tag'] == 'cifar10'
+    with pytest.raises(RuntimeError) as info:
+        timm.create_model('resnet50_frelu', pretrained=True)
+    message = str(info.value)
+    assert message.startswith('No pretrained weights exist for resnet50_frelu. ') and 'timm-frelu weights' in message
+    from timm_frelu.cli import main
+    assert main(['weights']) == 0
+    listing = capsys.readouterr().out
+    assert all(f"'{w.name_tag}'" in listing for w in published_weights())
+    assert all(w.name_tag in message for w in published_weights())
+
+
 def test_the_registry_lists_exactly_the_published_weights():
     ours = {f'{arch}_{act}' for arch in ARCHS for act in ACTS}
     listed = {name for name in timm.list_pretrained() if name.split('.')[0] in ours}

@@ -3,6 +3,7 @@ timm, gives back the accuracy its results.json records when the eval command run
 shipped file, and travels through the Hub protocol unchanged."""
 import json
 import os
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -109,8 +110,16 @@ def wheel_python(tmp_path_factory):
     repo = Path(__file__).resolve().parents[1]
     subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--quiet', '--no-deps', '--no-build-isolation',
                     '--wheel-dir', str(root / 'dist'), str(repo)], check=True, capture_output=True)
-    subprocess.run([sys.executable, '-m', 'venv', '--system-site-packages', str(root / 'venv')], check=True)
+    subprocess.run([sys.executable, '-m', 'venv', str(root / 'venv')], check=True)
     python = root / 'venv' / 'bin' / 'python'
+    # `venv --system-site-packages` would give the base interpreter's packages, not those of the
+    # venv or conda env this test runs in: list this interpreter's own site folders instead. Plain
+    # paths, after the new venv's own: its wheel of this project comes first, and the editable
+    # install's hooks there stay unprocessed.
+    nested_site = subprocess.run([str(python), '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
+                                 check=True, capture_output=True, text=True).stdout.strip()
+    ours = [path for path in site.getsitepackages() + [site.getusersitepackages()] if Path(path).is_dir()]
+    (Path(nested_site) / 'running-interpreter-site.pth').write_text('\n'.join(ours) + '\n')
     (wheel,) = (root / 'dist').glob('timm_frelu-*.whl')
     subprocess.run([str(python), '-m', 'pip', 'install', '--quiet', '--no-deps', '--force-reinstall', str(wheel)],
                    check=True, capture_output=True)

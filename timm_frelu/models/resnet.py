@@ -22,7 +22,8 @@ it survives timm's JSON config export:
 * ``'all'``: every block activation of every stage; the stem keeps ReLU.
 
 Pretrained tags ``cifar10`` and ``cifar100`` describe the CIFAR-stem models at 32x32 input.
-A name without a tag resolves to its first tag, ``cifar10``, as everywhere in timm.
+A name without a tag resolves to its first tag, as everywhere in timm: its longest-trained
+published weights, else ``cifar10`` (untrained).
 """
 from typing import Any, Dict, List, Optional, Tuple, Type, Union
 
@@ -191,10 +192,12 @@ def _create_resnet(variant: str, pretrained: bool = False, stem: str = 'cifar', 
         cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
         name = f'{variant}.{cfg.tag}' if cfg.tag else variant
         if not cfg.has_weights:
+            # Name what the user typed: timm passes a tag, when there was one, as pretrained_cfg.
+            typed = f"{variant}.{kwargs['pretrained_cfg']}" if isinstance(kwargs.get('pretrained_cfg'), str) else variant
             published = ', '.join(w.name_tag for w in published_weights()) or 'none yet'
             raise PretrainedWeightsError(
-                f'No pretrained weights exist for {name}. Published weights: {published} '
-                f"(timm.list_pretrained('*_frelu*') lists them). Build it untrained with pretrained=False, "
+                f'No pretrained weights exist for {typed}. Published weights: {published} '
+                f"(`timm-frelu weights` lists them with their accuracy). Build it untrained with pretrained=False, "
                 f"or load weights of your own with pretrained_cfg_overlay=dict(file='model.safetensors').")
         try:
             weights = resolve_weights(cfg)
