@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import timm
@@ -251,3 +252,17 @@ def test_a_sweep_without_optuna_names_the_extra_to_install():
     # The library itself imports without it.
     code = "import sys\nsys.modules['optuna'] = None\nimport timm, timm_frelu\ntimm.create_model('resnet20_frelu')\n"
     assert subprocess.run([sys.executable, '-c', code], capture_output=True, timeout=300).returncode == 0
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / 'shared' / 'timm-scripts').is_dir(),
+                    reason="timm's scripts are not beside the checkout")
+def test_timm_frelu_run_warns_when_a_train_split_makes_no_full_batch(tmp_path):
+    # timm's train.py drops the last partial batch: 3 x 40 images and its default batch of 128 train nothing.
+    make_image_folder(tmp_path / 'my_images', num_classes=3, per_class=40, splits=('train', 'validation'))
+    train_py = Path(__file__).resolve().parents[2] / 'shared' / 'timm-scripts' / 'train.py'
+    run = [sys.executable, '-m', 'timm_frelu.cli', 'run', str(train_py), '--data-dir', str(tmp_path / 'my_images')]
+    warned = subprocess.run(run + ['--help'], capture_output=True, text=True, timeout=300)
+    assert warned.returncode == 0
+    assert 'holds 120 training images, fewer than the batch of 128' in warned.stderr and 'Pass -b 60' in warned.stderr
+    fits = subprocess.run(run + ['-b', '32', '--help'], capture_output=True, text=True, timeout=300)
+    assert fits.returncode == 0 and 'warning' not in fits.stderr

@@ -168,9 +168,18 @@ def test_ddp_shards_cover_every_image_once(small_set):
 
 def test_policies_run_and_stay_uint8_sized(small_set):
     images, labels = small_set
+    plain, _ = next(iter(_loader(images, labels, train=True)))
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) * 255 for v in (CIFAR10_MEAN, CIFAR10_STD))
     for policy in ('rand-m9-mstd0.5', 'trivial'):
-        x, _ = next(iter(_loader(images, labels, train=True, auto_augment=policy)))
+        loader = _loader(images, labels, train=True, auto_augment=policy)
+        assert loader.policy is not None, policy
+        x, _ = next(iter(loader))
         assert x.shape == (16, 3, 32, 32) and torch.isfinite(x).all()
+        # The policy works on the uint8 images: un-normalised, every value is a whole number in 0..255.
+        pixels = x * std + mean
+        assert (pixels - pixels.round()).abs().max() < 1e-3 and pixels.min() > -1e-3 and pixels.max() < 255 + 1e-3
+        # And it did something: the same seed without it gives other batches.
+        assert not torch.equal(x, plain), policy
 
 
 def test_a_split_can_take_a_slice_of_itself_to_hold_out_validation_images():

@@ -73,9 +73,18 @@ def _counted(method, calls):
 def test_channels_last(name):
     model = timm.create_model(name).eval()
     x = _input()
-    expected = model(x)
-    model = model.to(memory_format=torch.channels_last)
-    assert torch.allclose(model(x.to(memory_format=torch.channels_last)), expected, atol=1e-4)
+    # The reference runs in NCHW throughout: in float64, which FReLU's CPU kernels (and the stem that
+    # moves a batch to their layout) leave to the stock ops, unlike float32.
+    layouts = []
+    hook = model.layer1.register_forward_hook(
+        lambda module, args, out: layouts.append(out.is_contiguous(memory_format=torch.channels_last)))
+    with torch.no_grad():
+        expected = model.double()(x.double())
+        model = model.float().to(memory_format=torch.channels_last)
+        out = model(x.to(memory_format=torch.channels_last))
+    hook.remove()
+    assert layouts == [False, True]
+    assert torch.allclose(out.double(), expected, atol=1e-4)
 
 
 def test_autocast_bfloat16(name):

@@ -48,10 +48,16 @@ def test_missing_checkpoint_and_class_mismatch_are_clear_errors(tmp_path, caplog
 
 
 def test_training_checkpoint_with_ema(tmp_path):
-    model = timm.create_model('resnet20_frelu.cifar10')
-    ema_state = {k: torch.zeros_like(v) if k == 'fc.bias' else v for k, v in model.state_dict().items()}
-    torch.save({'state_dict': model.state_dict(), 'state_dict_ema': ema_state, 'epoch': 0}, tmp_path / 'c.pth.tar')
-    results_file = tmp_path / 'r.json'
-    assert validate_main(['--checkpoint', str(tmp_path / 'c.pth.tar'), '--use-ema', '--dataset',
-                          'shared/cifar10-lossless', '--results-file', str(results_file)]) == 0
-    assert json.loads(results_file.read_text())['weights']['ema'] is True
+    # The EMA weights are trained ones, the model weights an untrained init: only the EMA's score well.
+    trained = timm.create_model('resnet20_frelu.cifar10', pretrained=True).state_dict()
+    untrained = timm.create_model('resnet20_frelu.cifar10').state_dict()
+    torch.save({'state_dict': untrained, 'state_dict_ema': trained, 'epoch': 0}, tmp_path / 'c.pth.tar')
+    scores = {}
+    for flags in (['--use-ema'], []):
+        results_file = tmp_path / f'r{len(flags)}.json'
+        assert validate_main(['--checkpoint', str(tmp_path / 'c.pth.tar'), *flags, '--dataset',
+                              'shared/cifar10-lossless', '--results-file', str(results_file)]) == 0
+        results = json.loads(results_file.read_text())
+        assert results['weights']['ema'] is bool(flags)
+        scores[bool(flags)] = results['top1']
+    assert scores[True] > 80 and scores[False] < 30

@@ -14,7 +14,7 @@ Cost: two FC layers per activation (C*C/R + C/R*2K(C) weights), which the model 
 """
 import torch
 import torch.nn as nn
-from timm.layers._fx import register_notrace_module
+from timm.layers import register_notrace_module
 
 __all__ = ['DyReLU', 'DyReLUA', 'DyReLUB']
 

@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
-from timm.layers._fx import register_notrace_module
+from timm.layers import register_notrace_module
 
 from .cpu_kernels import (cpu_inference_kernel_applies, cpu_kernels, cpu_kernels_apply, kernels_take_dtype,
                           to_kernel_layout)

@@ -4,7 +4,7 @@ import copy
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers._fx import register_notrace_module
+from timm.layers import register_notrace_module
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .frelu import FReLU, fold_batch_norm, folded_funnel_max

@@ -9,7 +9,7 @@ same parameters and state dict.
 """
 import torch
 import torch.nn as nn
-from timm.layers._fx import register_notrace_module
+from timm.layers import register_notrace_module
 
 from .cpu_kernels import to_kernel_layout
 
