@@ -115,3 +115,15 @@ def test_show_frelu_draws_kernels_and_conditions(results_files, tmp_path):
 def test_show_frelu_needs_a_frelu_model(tmp_path, capsys):
     assert cli_main(['show-frelu', '--model', 'resnet20_relu', '--output', str(tmp_path)]) == 2
     assert 'no FReLU layers' in capsys.readouterr().err
+
+
+def test_a_pair_of_single_runs_gets_its_difference_flagged_n_equals_1():
+    from timm_frelu.report import markdown
+
+    def row(act, values):
+        return dict(arch='resnet18', recipe='cpu30', data='shared/cifar10-jpeg/test', act=act, n=len(values),
+                    top1_mean=statistics.fmean(values), top1_std=statistics.stdev(values) if len(values) > 1 else None,
+                    top1_values=' '.join(map(str, values)), seeds='0', params_m=11.2, macs_g=0.56, results_files='r.json')
+    text = markdown([row('frelu', [93.5]), row('relu', [93.1])])
+    assert '| `resnet18` | `cpu30` | shared/cifar10-jpeg/test | +0.40 | none: n = 1 | - | 1, 1 |' in text
+    assert 'A pair of single runs (n = 1) has no interval' in text

@@ -120,16 +120,18 @@ def _mean_std(row: Dict[str, Any]) -> str:
 
 
 def frelu_minus_relu(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """FReLU minus ReLU top-1 per architecture, recipe and test data where both have 2+ runs."""
+    """FReLU minus ReLU top-1 per architecture, recipe and test data where both were run: with
+    Welch's interval where both have 2+ runs, else the difference alone (no interval exists)."""
     cells = {(r['arch'], r['recipe'], r['data'], r['act']): r for r in rows}
     differences = []
     for (arch, recipe, data, act), frelu in cells.items():
         relu = cells.get((arch, recipe, data, 'relu'))
-        if act != 'frelu' or relu is None or min(frelu['n'], relu['n']) < 2:
+        if act != 'frelu' or relu is None:
             continue
         values = [[float(v) for v in cell['top1_values'].split()] for cell in (frelu, relu)]
-        differences.append(dict(arch=arch, recipe=recipe, data=data, n_frelu=frelu['n'], n_relu=relu['n'],
-                                **difference_interval(*values)))
+        interval = (difference_interval(*values) if min(frelu['n'], relu['n']) >= 2
+                    else dict(difference=statistics.fmean(values[0]) - statistics.fmean(values[1])))
+        differences.append(dict(arch=arch, recipe=recipe, data=data, n_frelu=frelu['n'], n_relu=relu['n'], **interval))
     return differences
 
 
@@ -144,12 +146,18 @@ def markdown(rows: List[Dict[str, Any]]) -> str:
         lines.append(f'| `{arch}` | `{recipe}` | {data} | ' + ' | '.join(values) + ' |')
     differences = frelu_minus_relu(rows)
     if differences:
-        lines += ['', "FReLU minus ReLU, top-1 points, with the 95% confidence interval of Welch's t-test:", '',
+        lines += ['', "FReLU minus ReLU, top-1 points, with the 95% confidence interval of Welch's t-test where both "
+                  'have two runs or more. A pair of single runs (n = 1) has no interval: its difference can show a gap '
+                  'larger than the spread between seeds, not a smaller one, and says nothing of its sign when it is '
+                  'within that spread.', '',
                   '| arch | recipe | test data | FReLU - ReLU | 95% interval | p | runs (FReLU, ReLU) |',
                   '| --- | --- | --- | --- | --- | --- | --- |']
         for d in differences:
+            single = 'low' not in d
+            interval = 'none: n = 1' if single else f"{d['low']:+.2f} to {d['high']:+.2f}"
+            p_value = '-' if single else f"{d['p_value']:.2f}"
             lines.append(f"| `{d['arch']}` | `{d['recipe']}` | {d['data']} | {d['difference']:+.2f} | "
-                         f"{d['low']:+.2f} to {d['high']:+.2f} | {d['p_value']:.2f} | {d['n_frelu']}, {d['n_relu']} |")
+                         f"{interval} | {p_value} | {d['n_frelu']}, {d['n_relu']} |")
     has_speed = 'train_img_per_sec' in rows[0]
     lines += ['', 'Detail' + (f' (images/s in this run, batch 64, each model as it runs by default: {machine_description()}):'
                               if has_speed else ':'), '',
