@@ -44,7 +44,7 @@ def test_checkpoints_stay_small_and_only_unfinished_runs_keep_optimizer_state():
     assert sum(path.stat().st_size for path in files if path not in weights) < SIZE_LIMIT_MB * 2 ** 20
     training_states = [path for path in files if path.name.endswith('.pth.tar')]
     assert all(path.relative_to(CHECKPOINTS).parts[0] == 'in-progress' for path in training_states), training_states
-    assert all(path.stat().st_size <= 16 * 2 ** 20 for path in training_states), 'a big run keeps a lean snapshot
+    assert all(path.stat().st_size <= 16 * 2 ** 20 for path in training_states), 'a big run keeps a lean snapshot'
 
 
 def test_the_package_manifest_lists_exactly_the_shipped_folders():

@@ -1,8 +1,8 @@
 """What the project's figures share: matplotlib without a display, and a training run's learning
 curve drawn from the ``summary.csv`` that timm's ``update_summary`` writes, one row per epoch."""
-import csv
 from pathlib import Path
-from typing import Dict, List
+
+from .run_folder import evaluated_epochs
 
 
 def pyplot():
@@ -13,16 +13,9 @@ def pyplot():
     return plt
 
 
-def read_epochs(summary_csv: Path) -> List[Dict[str, float]]:
-    """The evaluated epochs of a run's ``summary.csv``, every column as a number."""
-    with open(summary_csv) as f:
-        return [{key: float(value) for key, value in row.items() if value not in (None, '')}
-                for row in csv.DictReader(f) if row.get('eval_top1')]
-
-
 def plot_learning_curve(summary_csv: Path, path: Path, title: str, eval_label: str) -> None:
     """Train and eval loss (left) and eval top-1 (right) against epoch."""
-    epochs = read_epochs(summary_csv)
+    epochs = evaluated_epochs(summary_csv)
     if not epochs:
         raise ValueError(f'{summary_csv} has no evaluated epoch to plot.')
     plt = pyplot()

@@ -47,7 +47,8 @@ from typing import Any, Dict, List, Optional
 
 from .errors import TimmFreluError
 from .fileio import file_sha256, read_yaml_mapping, write_json_atomic, write_text_atomic
-from .zoo import tag_dataset
+from .zoo import ZooName
+from .run_folder import ARGS_FILE, LAST_CHECKPOINT, SUMMARY_FILE
 
 _logger = logging.getLogger('gpu_zoo')
 
@@ -104,8 +105,8 @@ def load_plan(path: Path) -> Plan:
 def train_args(plan: Plan, run: PlannedRun, work_dir: Path, device: str) -> argparse.Namespace:
     """The training arguments of one planned run: the plan's, then the run's own."""
     from .train import training_args
-    name, tag = run.name.split('.', 1)
-    overrides = {**plan.defaults, **run.args, 'model': f'{name}.{tag_dataset(tag)}',  # published as run.name
+    name = ZooName.parse(run.name)
+    overrides = {**plan.defaults, **run.args, 'model': f'{name.model}.{name.dataset}',  # published as run.name
                  'device': device, 'output': str(work_dir), 'experiment': run.name}
     try:
         return training_args(**overrides)
@@ -229,13 +230,13 @@ def export_run(run_dir: Path, export_dir: Path) -> None:
     """A training run's newest weights (the EMA when kept) in fp16, with its args and summary."""
     from safetensors.torch import save_file
     from .checkpoint import checkpoint_weights, read_checkpoint
-    last = run_dir / 'last.pth.tar'
+    last = run_dir / LAST_CHECKPOINT
     state = checkpoint_weights(read_checkpoint(last), None, last)
     export_dir.mkdir(parents=True, exist_ok=True)
     tmp = export_dir / f'.{WEIGHTS}.tmp'
     save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, str(tmp), metadata={'format': 'pt'})
     os.replace(tmp, export_dir / WEIGHTS)
-    for name in ('args.yaml', 'summary.csv'):
+    for name in (ARGS_FILE, SUMMARY_FILE):
         if (run_dir / name).is_file():
             shutil.copy(run_dir / name, export_dir / name)
 

@@ -16,6 +16,7 @@ from .fileio import write_json_atomic
 from .train import train, training_args
 from .validate import format_results, validate, validation_args
 from .zoo import shipped_weights
+from .run_folder import LAST_CHECKPOINT
 
 DEFAULT_MODEL = 'resnet20_frelu'
 QUICK_TRAINING = dict(
@@ -46,7 +47,7 @@ def run(output_root: str = 'output/main') -> int:
     else:
         print(f'[main] no shipped {name} checkpoint yet: a short training run, then validation')
         run_dir = train(training_args(**QUICK_TRAINING, output=str(out), experiment='train'))
-        model = dict(model=DEFAULT_MODEL, checkpoint=str(run_dir / 'last.pth.tar'))
+        model = dict(model=DEFAULT_MODEL, checkpoint=str(run_dir / LAST_CHECKPOINT))
     summary, skipped = {}, []
     for dataset in TEST_SETS:
         try:  # validate loads the data once; a test set that is not here is skipped

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional
 
 from .errors import TimmFreluError, require_optuna
 from .fileio import write_text_atomic
-from .figures import read_epochs
+from .run_folder import SUMMARY_FILE, evaluated_epochs
 from .sweep import SweepError, default_storage, direction, load_sweep
 from .train_queue import QueueError, load_queue, run_args
 
@@ -56,8 +56,7 @@ def rank_check(queue: Dict[str, Any], studies: Path, runs: Path) -> List[Dict[st
         if trial is None or trial.value is None:
             raise SweepError(f"{spec['study_name']} has no completed trial {run['trial']} (run {run['experiment']}).")
         epochs = run_args(queue, run, runs).epochs
-        summary = runs / run['experiment'] / 'summary.csv'
-        done = read_epochs(summary) if summary.is_file() else []
+        done = evaluated_epochs(runs / run['experiment'] / SUMMARY_FILE)
         metric = spec['objective']['metric']
         check['rows'].append(dict(trial=trial.number, experiment=run['experiment'], proxy=trial.value,
                                   proxy_epochs=trial.last_step + 1, epochs=epochs, epochs_done=len(done),

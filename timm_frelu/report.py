@@ -24,10 +24,12 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import timm
 
-from .figures import pyplot, read_epochs
+from .figures import pyplot
+from .run_folder import evaluated_epochs
 from .measure import inference_step, interleaved_medians, machine_description, training_step
 from .models import ACTS
 from .summary import model_summary
+from .zoo import ZooName
 
 ACT_ORDER = {act: i for i, act in enumerate(ACTS)}
 
@@ -65,8 +67,8 @@ def test_data_of(result: Dict[str, Any]) -> str:
 
 
 def _key(result: Dict[str, Any]) -> Tuple[str, str, str, str]:
-    arch, _, act = result['model'].split('.')[0].rpartition('_')
-    return arch, recipe_of(result), test_data_of(result), act
+    name = ZooName.parse(result['model'])
+    return name.arch, recipe_of(result), test_data_of(result), name.act
 
 
 def difference_interval(a: List[float], b: List[float], confidence: float = 0.95) -> Dict[str, float]:
@@ -214,7 +216,7 @@ def _plot_curves(results: List[Dict[str, Any]], path: Path) -> bool:
             if panel(r) != (arch, recipe, dataset) or r['training']['summary_csv'] in seen:
                 continue
             seen.add(r['training']['summary_csv'])
-            epochs = read_epochs(r['training']['summary_csv'])
+            epochs = evaluated_epochs(r['training']['summary_csv'])
             ax.plot([int(e['epoch']) for e in epochs], [e['eval_top1'] for e in epochs],
                     label=f"{_key(r)[3]} seed {r['training'].get('seed')}")
         ax.set_title(f'{arch}, recipe {recipe}, on {dataset} (eval each epoch)')

@@ -48,6 +48,7 @@ from optuna.trial import TrialState  # noqa: E402
 from .figures import pyplot
 from .hub.provenance import reproduce_command
 from .fileio import read_yaml_mapping, write_text_atomic
+from .run_folder import ARGS_FILE
 from .train import NonFiniteLossError, train, training_args
 
 _logger = logging.getLogger('sweep')
@@ -341,7 +342,7 @@ def write_report(study: optuna.Study, spec: Dict[str, Any], output: Path) -> Dic
         lines.append(f"| {rank if t.state == TrialState.COMPLETE else '-'} | {t.number} | {outcome(t)} | "
                      + ' | '.join(str(t.params.get(n)) for n in names) + f" | `{t.user_attrs.get('run_dir', '')}` |")
     # A trial without a run folder (none recorded) must not read an args.yaml from the cwd.
-    arg_files = [(t.number, Path(t.user_attrs['run_dir']) / 'args.yaml') for t in ranked + stopped if t.user_attrs.get('run_dir')]
+    arg_files = [(t.number, Path(t.user_attrs['run_dir']) / ARGS_FILE) for t in ranked + stopped if t.user_attrs.get('run_dir')]
     commands = [(number, reproduce_command(yaml.safe_load(path.read_text()))) for number, path in arg_files if path.is_file()]
     if commands:
         lines += ['', 'Each trial again, from its `args.yaml` (the command of a stopped trial trains all its epochs):', '']

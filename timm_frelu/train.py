@@ -56,6 +56,7 @@ from timm_frelu.fileio import YamlFileError, read_yaml_mapping, write_text_atomi
 from timm_frelu.models.registry import check_model_name
 from timm_frelu.layers.cpu_kernels import cpu_kernels
 from timm_frelu.optim import WEIGHT_DECAY_EXCLUDES, weight_decay_param_groups
+from timm_frelu.run_folder import ARGS_FILE, LAST_CHECKPOINT, SUMMARY_FILE
 
 _logger = logging.getLogger('train')
 
@@ -288,17 +289,16 @@ def _output_dir(args: argparse.Namespace) -> Path:
     return Path(args.output) / name
 
 
-class _Progress:
-    """Per-step log lines, and TensorBoard scalars when tensorboard is installed."""
+class _TensorBoard:
+    """TensorBoard scalars, when tensorboard is installed (the log lines are train_one_epoch's)."""
 
-    def __init__(self, output_dir: Path, enabled: bool) -> None:
+    def __init__(self, output_dir: Path) -> None:
         self.writer = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self.writer = SummaryWriter(str(output_dir / 'tensorboard'))
-            except ImportError:
-                _logger.debug('tensorboard is not installed; no TensorBoard logs')
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(str(output_dir / 'tensorboard'))
+        except ImportError:
+            _logger.debug('tensorboard is not installed; no TensorBoard logs')
 
     def scalars(self, step: int, values: dict) -> None:
         if self.writer is not None:
@@ -308,31 +308,51 @@ class _Progress:
             self.writer.flush()
 
 
-def train_one_epoch(epoch, model, loader, optimizer, loss_fn, args, lr_scheduler, autocast, loss_scaler,
-                    model_ema=None, mixup_fn=None, num_updates=0):
+@dataclass
+class _Run:
+    """What the epoch loop works with, made once by :func:`train`."""
+    model: nn.Module
+    model_ema: Optional[ModelEmaV3]
+    optimizer: torch.optim.Optimizer
+    loss_fn: nn.Module
+    lr_scheduler: Any
+    autocast: Callable
+    loss_scaler: Optional[NativeScaler]
+    mixup_fn: Optional[Mixup]
+    loader_train: TensorLoader
+    loader_eval: Optional[TensorLoader]
+    num_classes: int
+    saver: Optional[AtomicCheckpointSaver]  # the primary process's only
+    tensorboard: Optional[_TensorBoard]
+    summary_csv: Path
+
+
+def train_one_epoch(epoch: int, run: _Run, args: argparse.Namespace, num_updates: int = 0):
+    """One pass over the training loader; returns the epoch's metrics and the update count."""
+    model, loader, optimizer = run.model, run.loader_train, run.optimizer
     model.train()
     # The loss is summed on the device and read back only at log steps: a read every step would
     # make a GPU wait for each step before queueing the next.
     loss_sum = None
     seen, start = 0, time.time()
     for step, (images, targets) in enumerate(loader):
-        if mixup_fn is not None:
-            images, targets = mixup_fn(images, targets)
-        with autocast():
-            loss = loss_fn(model(images), targets)
+        if run.mixup_fn is not None:
+            images, targets = run.mixup_fn(images, targets)
+        with run.autocast():
+            loss = run.loss_fn(model(images), targets)
         optimizer.zero_grad(set_to_none=True)
         clip = dict(clip_grad=args.clip_grad, clip_mode=args.clip_mode, parameters=model.parameters())
-        if loss_scaler is not None:
-            loss_scaler(loss, optimizer, **clip)
+        if run.loss_scaler is not None:
+            run.loss_scaler(loss, optimizer, **clip)
         else:
             loss.backward()
             if args.clip_grad is not None:
                 dispatch_clip_grad(model.parameters(), args.clip_grad, mode=args.clip_mode)
             optimizer.step()
         num_updates += 1
-        if model_ema is not None:
-            model_ema.update(model, step=num_updates)
-        lr_scheduler.step_update(num_updates=num_updates)
+        if run.model_ema is not None:
+            run.model_ema.update(model, step=num_updates)
+        run.lr_scheduler.step_update(num_updates=num_updates)
         batch_loss = loss.detach().float() * images.shape[0]
         loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
         seen += images.shape[0]
@@ -360,16 +380,75 @@ def train(args: argparse.Namespace, epoch_callback: Optional[Callable[[int, Dict
     if args.threads:
         torch.set_num_threads(args.threads)
     device = init_distributed_device(args)
-    primary = args.rank == 0
     random_seed(args.seed, args.rank)
+    train_set, eval_set, num_classes = _load_data(args)
+    model, data_config = _build_model(args, device, train_set, num_classes)
+    _set_lr(args)
+    optimizer = create_optimizer_v2(
+        weight_decay_param_groups(model, args.weight_decay, args.weight_decay_exclude), **optimizer_kwargs(cfg=args))
+    amp_dtype = autocast_dtype(args, device)
+    # Autocast leaves the parameters, and so the optimizer and EMA state, in fp32.
+    autocast = partial(torch.autocast, device_type=device.type, dtype=amp_dtype) if amp_dtype else nullcontext
+    loss_scaler = NativeScaler(device=device.type) if amp_dtype == torch.float16 else None
+    precision = f'{str(amp_dtype).removeprefix("torch.")} autocast' if amp_dtype else 'float32'
+    output_dir = _output_dir(args)
+    start_epoch = _resume(args, model, optimizer, loss_scaler)
+    model_ema = None
+    if args.model_ema:
+        model_ema = ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup)
+        if args.resume:
+            load_checkpoint(model_ema.module, args.resume, use_ema=True)
+    if args.torchcompile:
+        model = torch.compile(model, backend=args.torchcompile)
+    if args.distributed:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
+    loader_train, loader_eval = _loaders(args, device, data_config, train_set, eval_set)
+    loss_fn, mixup_fn = _loss(args, num_classes)
+    lr_scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args), updates_per_epoch=len(loader_train))
+    if start_epoch > 0:
+        if args.sched_on_updates:
+            lr_scheduler.step_update(start_epoch * len(loader_train))
+        else:
+            lr_scheduler.step(start_epoch)
 
+    run = _Run(model, model_ema, optimizer, loss_fn, lr_scheduler, autocast, loss_scaler, mixup_fn, loader_train,
+               loader_eval, num_classes, None, None, output_dir / SUMMARY_FILE)
+    if args.rank == 0:
+        _start_records(args, run, output_dir, start_epoch, precision, train_set, eval_set)
+        _logger.info(f'Training {args.model} ({num_classes} classes) on {args.dataset}/{args.train_split} '
+                     f'({len(train_set)} images) for {num_epochs} epochs from epoch {start_epoch} in {precision}; '
+                     f'output in {output_dir}')
+    try:
+        _train_epochs(args, run, start_epoch, num_epochs, start_epoch * len(loader_train), epoch_callback)
+    except NonFiniteLossError as err:
+        last = output_dir / LAST_CHECKPOINT
+        kept = f'the last good checkpoint, {last}, is kept' if last.exists() else 'no checkpoint had been written yet'
+        raise NonFiniteLossError(
+            f'{err} Training stopped; {kept}. Lower --lr, add --clip-grad, or check the data, then '
+            f'continue with --resume {last}.') from None
+    finally:
+        if args.distributed:
+            torch.distributed.destroy_process_group()
+    return output_dir
+
+
+def _load_data(args: argparse.Namespace):
+    """The training and evaluation sets (the latter None without --val-split) and the class count."""
     train_set = load_split(args.dataset, args.train_split, args.data_dir, args.dataset_download, args.img_size)
     eval_set = load_split(args.dataset, args.val_split, args.data_dir, args.dataset_download, args.img_size) if args.val_split else None
     check_same_size([s for s in (train_set, eval_set) if s is not None])
     num_classes = args.num_classes or len(train_set.classes)
     if int(train_set.labels.max()) >= num_classes:
         raise DataError(f'The data has {len(train_set.classes)} classes but --num-classes is {num_classes}.')
+    if len(train_set) < args.batch_size * args.world_size:  # the training loader drops a partial batch
+        raise DataError(f'{len(train_set)} training images make no full batch of {args.batch_size}'
+                        + (f' on each of {args.world_size} processes' if args.world_size > 1 else '')
+                        + '; lower --batch-size.')
+    return train_set, eval_set, num_classes
 
+
+def _build_model(args: argparse.Namespace, device: torch.device, train_set, num_classes: int):
+    """The model on ``device``, in its layout, with its weights (pretrained or initial), and its data config."""
     model = create_model(
         args.model,
         pretrained=args.pretrained,
@@ -394,40 +473,31 @@ def train(args: argparse.Namespace, epoch_callback: Optional[Callable[[int, Dict
         model.eval()(train_set.images[:2].float().to(device))
     if args.distributed and args.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model, data_config
 
+
+def _set_lr(args: argparse.Namespace) -> None:
     if not args.lr:
         args.lr = scaled_lr(args)
-        if primary:
+        if args.rank == 0:
             _logger.info(f'Learning rate {args.lr:g} from --lr-base {args.lr_base:g} at batch {args.lr_base_size} '
                          f'and a global batch of {args.batch_size * args.world_size}.')
-    optimizer = create_optimizer_v2(
-        weight_decay_param_groups(model, args.weight_decay, args.weight_decay_exclude), **optimizer_kwargs(cfg=args))
-    amp_dtype = autocast_dtype(args, device)
-    # Autocast leaves the parameters, and so the optimizer and EMA state, in fp32.
-    autocast = partial(torch.autocast, device_type=device.type, dtype=amp_dtype) if amp_dtype else nullcontext
-    loss_scaler = NativeScaler(device=device.type) if amp_dtype == torch.float16 else None
-    precision = f'{str(amp_dtype).removeprefix("torch.")} autocast' if amp_dtype else 'float32'
 
-    output_dir = _output_dir(args)
-    start_epoch = args.start_epoch or 0
-    if args.resume:
-        if not Path(args.resume).is_file():
-            raise FileNotFoundError(f'--resume {args.resume}: no such checkpoint. Point it at a run folder\'s last.pth.tar.')
-        read_checkpoint(Path(args.resume))  # a damaged file is a clear error before timm reads it
-        resume_epoch = resume_checkpoint(
-            model, args.resume, optimizer=None if args.no_resume_opt else optimizer,
-            loss_scaler=loss_scaler, log_info=primary) or 0
-        start_epoch = args.start_epoch if args.start_epoch is not None else resume_epoch  # timm's precedence
-    model_ema = None
-    if args.model_ema:
-        model_ema = ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup)
-        if args.resume:
-            load_checkpoint(model_ema.module, args.resume, use_ema=True)
-    if args.torchcompile:
-        model = torch.compile(model, backend=args.torchcompile)
-    if args.distributed:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
 
+def _resume(args: argparse.Namespace, model: nn.Module, optimizer, loss_scaler) -> int:
+    """The epoch to start from: --resume's checkpoint loaded into the model and optimizer, or --start-epoch."""
+    if not args.resume:
+        return args.start_epoch or 0
+    if not Path(args.resume).is_file():
+        raise FileNotFoundError(f'--resume {args.resume}: no such checkpoint. Point it at a run folder\'s last.pth.tar.')
+    read_checkpoint(Path(args.resume))  # a damaged file is a clear error before timm reads it
+    resume_epoch = resume_checkpoint(
+        model, args.resume, optimizer=None if args.no_resume_opt else optimizer,
+        loss_scaler=loss_scaler, log_info=args.rank == 0) or 0
+    return args.start_epoch if args.start_epoch is not None else resume_epoch  # timm's precedence
+
+
+def _loaders(args: argparse.Namespace, device: torch.device, data_config, train_set, eval_set):
     loader_kwargs = dict(mean=data_config['mean'], std=data_config['std'], device=device, seed=args.seed,
                          rank=args.rank, world_size=args.world_size, channels_last=args.channels_last)
     loader_train = TensorLoader(
@@ -437,84 +507,41 @@ def train(args: argparse.Namespace, epoch_callback: Optional[Callable[[int, Dict
     if eval_set is not None:
         loader_eval = TensorLoader(
             eval_set.images, eval_set.labels, args.validation_batch_size or 2 * args.batch_size, **loader_kwargs)
-    if len(loader_train) == 0:
-        raise DataError(f'{len(train_set)} training images make no full batch of {args.batch_size}; lower --batch-size.')
+    return loader_train, loader_eval
 
-    mixup_fn = None
+
+def _loss(args: argparse.Namespace, num_classes: int):
+    """The training loss, and the mixup/cutmix that goes with a soft-target loss."""
     if args.mixup > 0 or args.cutmix > 0:
         mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
                          switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
                          label_smoothing=args.smoothing, num_classes=num_classes)
-        train_loss_fn = SoftTargetCrossEntropy()
-    elif args.smoothing:
-        train_loss_fn = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
-    else:
-        train_loss_fn = nn.CrossEntropyLoss()
-
-    lr_scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args), updates_per_epoch=len(loader_train))
-    if start_epoch > 0:
-        if args.sched_on_updates:
-            lr_scheduler.step_update(start_epoch * len(loader_train))
-        else:
-            lr_scheduler.step(start_epoch)
-
-    saver = None
-    progress = None
-    summary_csv = output_dir / 'summary.csv'
-    if primary:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        earlier = read_yaml_mapping(output_dir / 'args.yaml', 'args.yaml') if (output_dir / 'args.yaml').is_file() else {}
-        args_record = dict(vars(args), num_classes=num_classes, train_data=train_set.source,
-                           eval_data=eval_set.source if eval_set else None,
-                           **precision_record(earlier if args.resume or start_epoch else {}, start_epoch, precision))
-        write_text_atomic(output_dir / 'args.yaml', yaml.safe_dump(args_record, sort_keys=False))
-        saver = AtomicCheckpointSaver(model, optimizer, args=args, model_ema=model_ema, amp_scaler=loss_scaler,
-                                checkpoint_dir=str(output_dir), recovery_dir=str(output_dir),
-                                decreasing='loss' in args.eval_metric, max_history=args.checkpoint_hist)
-        if args.resume:
-            saver.load_state_dict(load_checkpoint_metadata(args.resume).get('saver', {}))
-        trim_summary(str(summary_csv), start_epoch)
-        progress = _Progress(output_dir, enabled=True)
-        if args.log_wandb:
-            _init_wandb(args, output_dir)
-        _logger.info(f'Training {args.model} ({num_classes} classes) on {args.dataset}/{args.train_split} '
-                     f'({len(train_set)} images) for {num_epochs} epochs from epoch {start_epoch} in {precision}; '
-                     f'output in {output_dir}')
-
-    num_updates = start_epoch * len(loader_train)
-    try:
-        run = _Run(model, model_ema, optimizer, train_loss_fn, lr_scheduler, autocast, loss_scaler, mixup_fn,
-                   loader_train, loader_eval, num_classes, saver, progress, summary_csv)
-        _train_epochs(args, run, start_epoch, num_epochs, num_updates, epoch_callback)
-    except NonFiniteLossError as err:
-        last = output_dir / 'last.pth.tar'
-        kept = f'the last good checkpoint, {last}, is kept' if last.exists() else 'no checkpoint had been written yet'
-        raise NonFiniteLossError(
-            f'{err} Training stopped; {kept}. Lower --lr, add --clip-grad, or check the data, then '
-            f'continue with --resume {last}.') from None
-    finally:
-        if args.distributed:
-            torch.distributed.destroy_process_group()
-    return output_dir
+        return SoftTargetCrossEntropy(), mixup_fn
+    if args.smoothing:
+        return LabelSmoothingCrossEntropy(smoothing=args.smoothing), None
+    return nn.CrossEntropyLoss(), None
 
 
-@dataclass
-class _Run:
-    """What the epoch loop works with, made once by :func:`train`."""
-    model: nn.Module
-    model_ema: Optional[ModelEmaV3]
-    optimizer: torch.optim.Optimizer
-    loss_fn: nn.Module
-    lr_scheduler: Any
-    autocast: Callable
-    loss_scaler: Optional[NativeScaler]
-    mixup_fn: Optional[Mixup]
-    loader_train: TensorLoader
-    loader_eval: Optional[TensorLoader]
-    num_classes: int
-    saver: Optional[AtomicCheckpointSaver]  # the primary process's only
-    progress: Optional[_Progress]
-    summary_csv: Path
+def _start_records(args: argparse.Namespace, run: _Run, output_dir: Path, start_epoch: int, precision: str,
+                   train_set, eval_set) -> None:
+    """The primary process's records: args.yaml, the checkpoint saver, the summary trimmed to the
+    start epoch, TensorBoard and W&B."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    earlier = read_yaml_mapping(output_dir / ARGS_FILE, 'args.yaml') if (output_dir / ARGS_FILE).is_file() else {}
+    args_record = dict(vars(args), num_classes=run.num_classes, train_data=train_set.source,
+                       eval_data=eval_set.source if eval_set else None,
+                       **precision_record(earlier if args.resume or start_epoch else {}, start_epoch, precision))
+    write_text_atomic(output_dir / ARGS_FILE, yaml.safe_dump(args_record, sort_keys=False))
+    run.saver = AtomicCheckpointSaver(run.model, run.optimizer, args=args, model_ema=run.model_ema,
+                                      amp_scaler=run.loss_scaler, checkpoint_dir=str(output_dir),
+                                      recovery_dir=str(output_dir), decreasing='loss' in args.eval_metric,
+                                      max_history=args.checkpoint_hist)
+    if args.resume:
+        run.saver.load_state_dict(load_checkpoint_metadata(args.resume).get('saver', {}))
+    trim_summary(str(run.summary_csv), start_epoch)
+    run.tensorboard = _TensorBoard(output_dir)
+    if args.log_wandb:
+        _init_wandb(args, output_dir)
 
 
 def _train_epochs(args: argparse.Namespace, run: _Run, start_epoch: int, num_epochs: int, num_updates: int,
@@ -524,9 +551,7 @@ def _train_epochs(args: argparse.Namespace, run: _Run, start_epoch: int, num_epo
         run.loader_train.set_epoch(epoch)
         if run.mixup_fn is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
             run.mixup_fn.mixup_enabled = False
-        train_metrics, num_updates = train_one_epoch(
-            epoch, run.model, run.loader_train, run.optimizer, run.loss_fn, args, run.lr_scheduler, run.autocast,
-            run.loss_scaler, model_ema=run.model_ema, mixup_fn=run.mixup_fn, num_updates=num_updates)
+        train_metrics, num_updates = train_one_epoch(epoch, run, args, num_updates)
         if args.distributed and not args.sync_bn:
             distribute_bn(run.model, args.world_size, reduce=True)
 
@@ -541,8 +566,8 @@ def _train_epochs(args: argparse.Namespace, run: _Run, start_epoch: int, num_epo
         if args.rank == 0:
             update_summary(epoch, train_metrics, eval_metrics, filename=str(run.summary_csv), lr=lr,
                            log_wandb=args.log_wandb and _wandb_ready())
-            run.progress.scalars(epoch, {**{f'train/{k}': v for k, v in train_metrics.items()},
-                                         **{f'eval/{k}': v for k, v in eval_metrics.items()}, 'lr': lr})
+            run.tensorboard.scalars(epoch, {**{f'train/{k}': v for k, v in train_metrics.items()},
+                                            **{f'eval/{k}': v for k, v in eval_metrics.items()}, 'lr': lr})
             best_metric, best_epoch = run.saver.save_checkpoint(epoch, metric=eval_metrics.get(args.eval_metric))
             _logger.info(
                 f'Epoch {epoch}: train loss {train_metrics["loss"]:.4f}, '

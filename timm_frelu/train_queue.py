@@ -42,7 +42,6 @@ the same machine's run folder gives, but the weights' rounding is far below what
 epoch, and the EMA that is published averages the last epochs only.
 """
 import argparse
-import csv
 import fcntl
 import logging
 import math
@@ -60,6 +59,7 @@ from safetensors.torch import save_file
 from .checkpoint import read_checkpoint
 from .errors import TimmFreluError
 from .fileio import copy_file_atomic, read_yaml_mapping
+from .run_folder import ARGS_FILE, LAST_CHECKPOINT, SUMMARY_FILE, epochs_done
 from .train import check_args, train, training_args
 
 _logger = logging.getLogger('train_queue')
@@ -87,7 +87,7 @@ def load_queue(path: Path) -> Dict[str, Any]:
         if publish is not None and run.get('published'):
             raise QueueError(f"run {run['experiment']}: give publish or published, not both; publish names the "
                              "folder the queue publishes into, which is then the run's published folder.")
-        if run.get('published') and not (Path(run['published']) / 'summary.csv').is_file():
+        if run.get('published') and not (Path(run['published']) / SUMMARY_FILE).is_file():
             # The queue's paths are relative to the cwd, so the usual cause is running it from elsewhere.
             raise QueueError(f"run {run['experiment']}: its published folder {run['published']} has no summary.csv "
                              f"(looked in {Path(run['published']).absolute()}); "
@@ -107,23 +107,14 @@ def run_args(spec: Dict[str, Any], run: Dict[str, Any], output: Path) -> argpars
     return args
 
 
-RESUMABLE_FILES = ('args.yaml', 'summary.csv', 'last.pth.tar')
+RESUMABLE_FILES = (ARGS_FILE, SUMMARY_FILE, LAST_CHECKPOINT)
 # A run's record files, which a lean snapshot keeps beside its weights.
-RECORD_FILES = ('args.yaml', 'summary.csv')
+RECORD_FILES = (ARGS_FILE, SUMMARY_FILE)
 LEAN_WEIGHTS = 'weights-int8.safetensors'
 # Where a restored lean snapshot's weights go in the run folder, for the run to start from.
 RESTART_WEIGHTS = 'restart.safetensors'
 LEAN_ABOVE_BYTES = 16 * 2 ** 20
 _SCALE_SUFFIX = '.int8_scale'
-
-
-def epochs_done(run_dir: Path) -> int:
-    """How many epochs the run's summary records (0 without one)."""
-    summary = Path(run_dir) / 'summary.csv'
-    if not summary.is_file():
-        return 0
-    with open(summary) as f:
-        return max((int(row['epoch']) + 1 for row in csv.DictReader(f)), default=0)
 
 
 def run_state(run_dir: Path, epochs: int, published: Optional[Path] = None) -> str:
@@ -133,7 +124,7 @@ def run_state(run_dir: Path, epochs: int, published: Optional[Path] = None) -> s
     ``new``."""
     if any(epochs_done(record) >= epochs for record in (run_dir, published) if record is not None):
         return 'done'
-    if (run_dir / 'last.pth.tar').is_file():
+    if (run_dir / LAST_CHECKPOINT).is_file():
         return 'resume'
     return 'restart' if (run_dir / RESTART_WEIGHTS).is_file() else 'new'
 
@@ -153,7 +144,7 @@ def write_lean_snapshot(run_dir: Path, target: Path) -> int:
     """Keep the model weights of ``run_dir``'s ``last`` checkpoint in ``target``, each weight of
     more than one dimension as int8 with a scale per output channel, and the run's records;
     returns the bytes of the weights file. Each file is written whole or not at all."""
-    state = read_checkpoint(run_dir / 'last.pth.tar')['state_dict']
+    state = read_checkpoint(run_dir / LAST_CHECKPOINT)['state_dict']
     tensors = {}
     for name, tensor in state.items():
         if tensor.is_floating_point() and tensor.dim() > 1:
@@ -169,7 +160,7 @@ def write_lean_snapshot(run_dir: Path, target: Path) -> int:
     partial = target / f'.{LEAN_WEIGHTS}.tmp{os.getpid()}'
     save_file(tensors, str(partial), metadata={'epochs_done': str(epochs_done(run_dir)), 'format': 'int8 per output channel'})
     os.replace(partial, target / LEAN_WEIGHTS)
-    (target / 'last.pth.tar').unlink(missing_ok=True)  # a full snapshot of an earlier, smaller format
+    (target / LAST_CHECKPOINT).unlink(missing_ok=True)  # a full snapshot of an earlier, smaller format
     return (target / LEAN_WEIGHTS).stat().st_size
 
 
@@ -198,7 +189,7 @@ def _lean_epochs(kept: Path) -> int:
 def _snapshot_run(run_dir: Path, kept: Path, epochs: int, lean: bool) -> str:
     """Keep an unfinished run's state in ``kept``: whole when ``last.pth.tar`` is small, lean
     (see the module docstring) when it is big or ``lean`` asks for it."""
-    if not lean and (run_dir / 'last.pth.tar').stat().st_size <= LEAN_ABOVE_BYTES:
+    if not lean and (run_dir / LAST_CHECKPOINT).stat().st_size <= LEAN_ABOVE_BYTES:
         copy_run_state(run_dir, kept)
         return f'snapshot kept, {epochs_done(kept)} of {epochs} epochs done'
     done, before, third = epochs_done(run_dir), _lean_epochs(kept), math.ceil(epochs / 3)
@@ -239,7 +230,7 @@ def restore_queue(spec: Dict[str, Any], output: Path, keep: Path) -> Dict[str, s
     for run in spec['runs']:
         experiment = run['experiment']
         kept, run_dir = keep / experiment, output / experiment
-        if not (kept / 'last.pth.tar').is_file() and not (kept / LEAN_WEIGHTS).is_file():
+        if not (kept / LAST_CHECKPOINT).is_file() and not (kept / LEAN_WEIGHTS).is_file():
             continue
         published = _published(run)
         if published is not None and epochs_done(published) >= run_args(spec, run, output).epochs:
@@ -247,7 +238,7 @@ def restore_queue(spec: Dict[str, Any], output: Path, keep: Path) -> Dict[str, s
             states[experiment] = f'not restored: published in {published}; its snapshot is stale'
             continue
         here, there = epochs_done(run_dir), epochs_done(kept)
-        if ((run_dir / 'last.pth.tar').is_file() or (run_dir / RESTART_WEIGHTS).is_file()) and here >= there:
+        if ((run_dir / LAST_CHECKPOINT).is_file() or (run_dir / RESTART_WEIGHTS).is_file()) and here >= there:
             states[experiment] = f'not restored: the run folder has {here} epochs done, the snapshot no more'
             continue
         if (kept / LEAN_WEIGHTS).is_file():
@@ -266,8 +257,8 @@ def _restore_lean(kept: Path, run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     partial = run_dir / f'.{RESTART_WEIGHTS}.tmp{os.getpid()}'
     save_file(weights, str(partial), metadata={'epochs_done': str(done)})
-    if (run_dir / 'last.pth.tar').is_file():
-        os.replace(run_dir / 'last.pth.tar', run_dir / 'last-before-restore.pth.tar')
+    if (run_dir / LAST_CHECKPOINT).is_file():
+        os.replace(run_dir / LAST_CHECKPOINT, run_dir / 'last-before-restore.pth.tar')
     for name in RECORD_FILES:
         copy_file_atomic(kept / name, run_dir / name)
     os.replace(partial, run_dir / RESTART_WEIGHTS)
@@ -348,7 +339,7 @@ def run_queue(spec: Dict[str, Any], output: Optional[Path] = None) -> Dict[str, 
             state = run_state(run_dir, args.epochs, _published(run))
             if state != 'done':
                 if state == 'resume':
-                    args.resume = str(run_dir / 'last.pth.tar')
+                    args.resume = str(run_dir / LAST_CHECKPOINT)
                 elif state == 'restart':
                     args.initial_checkpoint, args.start_epoch = str(run_dir / RESTART_WEIGHTS), restart_epoch(run_dir)
                 _logger.info(f'{experiment}: ' + {'resume': 'resuming', 'new': 'starting'}.get(

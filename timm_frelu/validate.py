@@ -32,6 +32,7 @@ from timm_frelu.errors import COMMAND_LINE_ERRORS
 from timm_frelu.fileio import file_sha256, write_json_atomic
 from timm_frelu.models.registry import check_model_name
 from timm_frelu.evaluation import evaluate
+from timm_frelu.run_folder import ARGS_FILE, SUMMARY_FILE
 
 _logger = logging.getLogger('validate')
 
@@ -130,10 +131,10 @@ def _weights_file(args: argparse.Namespace, model: torch.nn.Module) -> Optional[
 
 def _training_run(weights_file: Optional[Path]) -> Optional[Dict[str, Any]]:
     """What a weights file's training run folder says of it: its args and per-epoch summary."""
-    if weights_file is None or not (weights_file.parent / 'args.yaml').is_file():
+    if weights_file is None or not (weights_file.parent / ARGS_FILE).is_file():
         return None
-    run = yaml.safe_load((weights_file.parent / 'args.yaml').read_text())
-    summary = weights_file.parent / 'summary.csv'
+    run = yaml.safe_load((weights_file.parent / ARGS_FILE).read_text())
+    summary = weights_file.parent / SUMMARY_FILE
     return dict(
         run_dir=str(weights_file.parent.resolve()),
         summary_csv=str(summary.resolve()) if summary.is_file() else None,

@@ -12,7 +12,7 @@ from huggingface_hub import EvalResult, ModelCardData
 from ..data.constants import CIFAR_NUM_CLASSES
 from ..layers import ACT_TITLES
 from ..models import ACTS
-from ..zoo import hub_repo_id, tag_dataset
+from ..zoo import ZooName, hub_repo_id
 from ..summary import model_summary
 from .provenance import dataset_id, describe_test_data, describe_training_data, reproduce_command
 
@@ -65,9 +65,8 @@ def _data_label(result: Dict[str, Any]) -> str:
 
 
 def render_card(name_tag: str, results: Dict[str, Any], run_args: Dict[str, Any], folder: Path, has_figure: bool) -> str:
-    name, tag = name_tag.split('.', 1)
-    dataset = tag_dataset(tag)
-    arch, _, act = name.rpartition('_')
+    zoo_name = ZooName.parse(name_tag)
+    name, tag, dataset, arch, act = zoo_name.model, zoo_name.tag, zoo_name.dataset, zoo_name.arch, zoo_name.act
     cost = model_summary(name)
     evaluations = results['evaluations']
     plain = [r for r in evaluations if not r.get('tta_flip')]

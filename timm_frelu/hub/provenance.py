@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from ..data.constants import DATASET_DESCRIPTIONS
+from ..zoo import SOURCE_CHECKOUT
 
 # Where and how a run ran, not what it trained: left out of a published recipe.
 RUN_LOCAL_KEYS = ('resume', 'no_resume_opt', 'output', 'experiment', 'data_dir', 'dataset_download', 'device',
@@ -45,9 +46,8 @@ def portable_args(run_args: Dict[str, Any]) -> Dict[str, Any]:
 
 def _repo_relative(path: str) -> str:
     """A path inside this repository relative to its root (``zoo_configs/...``), else its name."""
-    repo = Path(__file__).resolve().parents[2]
     resolved = Path(path).resolve()
-    return str(resolved.relative_to(repo)) if resolved.is_relative_to(repo) else Path(path).name
+    return str(resolved.relative_to(SOURCE_CHECKOUT)) if resolved.is_relative_to(SOURCE_CHECKOUT) else Path(path).name
 
 
 def reproduce_command(run_args: Dict[str, Any]) -> str:
@@ -56,8 +56,7 @@ def reproduce_command(run_args: Dict[str, Any]) -> str:
     from ..train import build_parser, training_args
     args = portable_args(run_args)
     config = args.get('config')
-    repo = Path(__file__).resolve().parents[2]
-    base = vars(training_args(repo / config if config and (repo / config).is_file() else None))
+    base = vars(training_args(SOURCE_CHECKOUT / config if config and (SOURCE_CHECKOUT / config).is_file() else None))
     parts = ['python', '-m', 'timm_frelu.train'] + (['-c', config] if config else [])
     for action in build_parser()._actions:
         key = action.dest

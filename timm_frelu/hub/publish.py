@@ -11,7 +11,6 @@
 The folder is assembled beside its final place and renamed into it, so an existing folder is
 only replaced by a complete new one.
 """
-import csv
 import json
 import shutil
 import tempfile
@@ -30,10 +29,11 @@ from ..fileio import file_sha256, write_json_atomic
 from ..models.registry import check_model_name
 from ..checkpoint import CheckpointError, read_checkpoint
 from ..data.constants import CIFAR_NUM_CLASSES
-from ..zoo import (RESULTS_FILENAME, WEIGHTS_CFG_FIELDS, WEIGHTS_FILENAME, build_manifest, checkpoints_dir, tag_dataset,
-                   weights_entry, write_manifest)
+from ..zoo import (RESULTS_FILENAME, WEIGHTS_CFG_FIELDS, WEIGHTS_FILENAME, ZooName, build_manifest, checkpoints_dir,
+                   tag_dataset, weights_entry, write_manifest)
 from ..validate import validate, validation_args
 from ..figures import plot_learning_curve
+from ..run_folder import ARGS_FILE, BEST_CHECKPOINT, LAST_CHECKPOINT, SUMMARY_FILE, read_summary
 from .card import LEARNING_CURVE_FILENAME, render_card
 from .provenance import portable_args, portable_source
 
@@ -48,7 +48,7 @@ class PublishError(TimmFreluError, RuntimeError):
 def _run_checkpoint(run_dir: Path, checkpoint: str) -> Path:
     """The checkpoint of a run folder to publish: ``last``/``best`` of a training run, or the
     weights file of a run that kept only its weights (as the GPU zoo job returns them)."""
-    wanted = run_dir / ('model_best.pth.tar' if checkpoint == 'best' else 'last.pth.tar')
+    wanted = run_dir / (BEST_CHECKPOINT if checkpoint == 'best' else LAST_CHECKPOINT)
     if not wanted.is_file() and (run_dir / WEIGHTS_FILENAME).is_file():
         return run_dir / WEIGHTS_FILENAME
     return wanted
@@ -92,7 +92,7 @@ def publish(
     if weights == 'ema' and 'state_dict_ema' not in state and not earlier:
         raise PublishError(f'{checkpoint_file} has no EMA weights; use weights="model".')
     state_dict = state['state_dict_ema' if 'state_dict_ema' in state and weights == 'ema' else 'state_dict']
-    args_file = run_dir / 'args.yaml' if (run_dir / 'args.yaml').is_file() else run_dir / 'recipe.yaml'
+    args_file = run_dir / ARGS_FILE if (run_dir / ARGS_FILE).is_file() else run_dir / 'recipe.yaml'
     run_args = yaml.safe_load(args_file.read_text()) if args_file.is_file() else {}
     num_classes = state_dict['fc.weight'].shape[0] if 'fc.weight' in state_dict else None
     if num_classes != CIFAR_NUM_CLASSES[dataset]:
@@ -122,14 +122,14 @@ def publish(
         save_file(stored, stage / WEIGHTS_FILENAME, metadata={'format': 'pt'})
         if run_args:
             (stage / 'recipe.yaml').write_text(yaml.safe_dump(portable_args(run_args), sort_keys=False))
-        if (run_dir / 'summary.csv').is_file():
-            shutil.copy(run_dir / 'summary.csv', stage / 'summary.csv')
+        if (run_dir / SUMMARY_FILE).is_file():
+            shutil.copy(run_dir / SUMMARY_FILE, stage / SUMMARY_FILE)
 
         sha256 = file_sha256(stage / WEIGHTS_FILENAME)
         evaluations = _evaluate_stored_file(name_tag, dataset, stage / WEIGHTS_FILENAME, eval_datasets, data_dir, model_args)
         training = {key: value for key, value in portable_args(run_args).items()
                     if key in ('model', 'dataset', 'train_split', 'seed', 'epochs', 'config', 'precision')}
-        if (stage / 'summary.csv').is_file():
+        if (stage / SUMMARY_FILE).is_file():
             training['summary_csv'] = 'summary.csv'  # beside results.json
         for result in evaluations:
             result['training'] = training if run_args else None
@@ -148,7 +148,7 @@ def publish(
         write_config(model, stage / 'config.json', dict(tag=tag, **described), model_args)
         if card:
             has_figure = figure and _draw_figure(f'{name}.{dataset}', stage, data_dir)
-            if figure and (stage / 'summary.csv').is_file():
+            if figure and (stage / SUMMARY_FILE).is_file():
                 _draw_learning_curve(name_tag, stage, run_args)
             (stage / 'README.md').write_text(render_card(name_tag, results, run_args, stage, has_figure))
 
@@ -199,7 +199,8 @@ def _recover_interrupted(output_root: Path, name_tag: str) -> None:
 
 def _check_name(name_tag: str) -> Tuple[str, str, str]:
     """``(model, dataset, tag)`` of a publish name, or a PublishError that says what is wrong."""
-    name, _, tag = name_tag.partition('.')
+    parsed = ZooName.parse(name_tag)
+    name, tag = parsed.model, parsed.tag
     if not tag:
         raise PublishError(f'Name the checkpoint as <model>.<tag>, e.g. resnet20_frelu.gpu_cifar10, not {name_tag!r}.')
     try:
@@ -213,11 +214,7 @@ def _source_epoch(state: Dict[str, Any], stage: Path) -> Optional[int]:
     """The epoch the weights are from: the checkpoint's, else the last of the run's summary."""
     if state.get('epoch') is not None:
         return state['epoch']
-    summary = stage / 'summary.csv'
-    if not summary.is_file():
-        return None
-    with open(summary) as f:
-        rows = list(csv.DictReader(f))
+    rows = read_summary(stage / SUMMARY_FILE)
     return int(rows[-1]['epoch']) if rows else None
 
 
@@ -254,7 +251,7 @@ def _draw_learning_curve(name_tag: str, stage: Path, run_args: Dict[str, Any]) -
     eval_data = f"{run_args.get('dataset', 'eval data')}/{run_args.get('val_split', 'test')}"
     weights = 'EMA weights' if run_args.get('model_ema') else 'weights'
     try:
-        plot_learning_curve(stage / 'summary.csv', stage / LEARNING_CURVE_FILENAME,
+        plot_learning_curve(stage / SUMMARY_FILE, stage / LEARNING_CURVE_FILENAME,
                             f'{name_tag}: training run, epoch by epoch', f'{eval_data} ({weights})')
     except ValueError as err:  # a summary without evaluated epochs: the card goes without the curve
         print(f'publish: no learning curve ({err})')

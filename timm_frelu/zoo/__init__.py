@@ -8,14 +8,15 @@ the model card. Such folders live in ``checkpoints/`` of a source checkout (or w
 manifest, ``manifest.json`` in this package, is made from those folders and travels with every
 install, so a wheel knows which weights exist, what they scored and what their files must hash to.
 """
-from .layout import (CHECKPOINTS_ENV, HF_HUB_ORG, RESULTS_FILENAME, WEIGHTS_FILENAME, checkpoints_dir, hub_repo_id,
-                     published_sha256, shipped_weights, tag_dataset)
+from .layout import (CHECKPOINTS_ENV, HF_HUB_ORG, RESULTS_FILENAME, SOURCE_CHECKOUT, WEIGHTS_FILENAME, ZooName,
+                     checkpoints_dir, hub_repo_id, published_sha256, shipped_weights, tag_dataset)
 from .manifest import (MANIFEST_FILE, WEIGHTS_CFG_FIELDS, PublishedWeights, build_manifest, find_weights, load_manifest,
                        published_weights, weights_entry, write_manifest)
 from .weights import PretrainedWeightsError, WeightsNotFound, resolve_weights, verify_weights
 
 __all__ = [
-    'CHECKPOINTS_ENV', 'HF_HUB_ORG', 'MANIFEST_FILE', 'RESULTS_FILENAME', 'WEIGHTS_FILENAME', 'PretrainedWeightsError',
+    'CHECKPOINTS_ENV', 'HF_HUB_ORG', 'MANIFEST_FILE', 'RESULTS_FILENAME', 'SOURCE_CHECKOUT', 'WEIGHTS_FILENAME',
+    'ZooName', 'PretrainedWeightsError',
     'PublishedWeights', 'WEIGHTS_CFG_FIELDS', 'WeightsNotFound', 'build_manifest', 'checkpoints_dir', 'find_weights',
     'hub_repo_id', 'load_manifest', 'published_sha256', 'published_weights', 'resolve_weights', 'shipped_weights',
     'tag_dataset', 'verify_weights', 'weights_entry', 'write_manifest',

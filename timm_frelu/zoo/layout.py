@@ -1,6 +1,7 @@
 """Where published weights live: the checkpoints folder, its per-weight folders and the Hub repos."""
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -10,7 +11,8 @@ HF_HUB_ORG = 'timm-frelu'
 CHECKPOINTS_ENV = 'TIMM_FRELU_CHECKPOINTS'
 WEIGHTS_FILENAME = 'model.safetensors'
 RESULTS_FILENAME = 'results.json'
-_SOURCE_CHECKOUT = Path(__file__).resolve().parents[2]
+# The repository root when the package runs from a source checkout (its pyproject.toml beside it).
+SOURCE_CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 def checkpoints_dir() -> Optional[Path]:
@@ -19,9 +21,35 @@ def checkpoints_dir() -> Optional[Path]:
     env = os.environ.get(CHECKPOINTS_ENV)
     if env:
         return Path(env)
-    if (_SOURCE_CHECKOUT / 'pyproject.toml').is_file() and (_SOURCE_CHECKOUT / 'checkpoints').is_dir():
-        return _SOURCE_CHECKOUT / 'checkpoints'
+    if (SOURCE_CHECKOUT / 'pyproject.toml').is_file() and (SOURCE_CHECKOUT / 'checkpoints').is_dir():
+        return SOURCE_CHECKOUT / 'checkpoints'
     return None
+
+
+@dataclass(frozen=True)
+class ZooName:
+    """A zoo name, ``<arch>_<act>`` with an optional tag ``<recipe>_<dataset>`` (or ``<dataset>``),
+    as timm spells model names: ``resnet20_frelu.tuned30_cifar10``. The one parser of them."""
+    arch: str
+    act: str
+    tag: Optional[str] = None
+
+    @classmethod
+    def parse(cls, name: str) -> 'ZooName':
+        model, _, tag = name.partition('.')
+        arch, _, act = model.rpartition('_')
+        return cls(arch, act, tag or None)
+
+    @property
+    def model(self) -> str:
+        return f'{self.arch}_{self.act}'
+
+    @property
+    def dataset(self) -> Optional[str]:
+        return tag_dataset(self.tag) if self.tag else None
+
+    def __str__(self) -> str:
+        return f'{self.model}.{self.tag}' if self.tag else self.model
 
 
 def hub_repo_id(name: str, tag: str) -> str:

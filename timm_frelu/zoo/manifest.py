@@ -11,7 +11,7 @@ import yaml
 
 from ..data.constants import DATASET_DESCRIPTIONS
 from ..fileio import write_json_atomic
-from .layout import RESULTS_FILENAME, hub_repo_id, tag_dataset
+from .layout import RESULTS_FILENAME, ZooName, hub_repo_id, tag_dataset
 
 MANIFEST_FILE = Path(__file__).with_name('manifest.json')
 # The pretrained-config fields that describe one set of weights (PublishedWeights.pretrained_cfg_fields).
@@ -63,7 +63,8 @@ def manifest_entry(folder: Path) -> PublishedWeights:
 
 def weights_entry(results: Dict[str, Any], recipe: Dict[str, Any], num_classes: int) -> PublishedWeights:
     """The manifest entry of weights with these ``results.json`` and ``recipe.yaml`` contents."""
-    name, tag = results['model'].split('.', 1)
+    zoo_name = ZooName.parse(results['model'])
+    name, tag = zoo_name.model, zoo_name.tag
     metrics = [
         dict(data=f"{e['data']['dataset']}/{e['data']['split']}",
              description=DATASET_DESCRIPTIONS.get(e['data']['dataset'], e['data']['dataset']),

@@ -1,0 +1,32 @@
+"""A training run's folder: the one owner of its file names and the one reader of its summary.
+
+The training command writes ``args.yaml`` (its arguments and records), ``summary.csv`` (one row
+per epoch, timm's ``update_summary`` format), ``last.pth.tar`` (every epoch) and
+``model_best.pth.tar``; the queue, publishing, the report and the rank check read them.
+"""
+import csv
+from pathlib import Path
+from typing import Dict, List
+
+ARGS_FILE = 'args.yaml'
+SUMMARY_FILE = 'summary.csv'
+LAST_CHECKPOINT = 'last.pth.tar'
+BEST_CHECKPOINT = 'model_best.pth.tar'
+
+
+def read_summary(summary_csv: Path) -> List[Dict[str, float]]:
+    """Every epoch row of a ``summary.csv``, each filled column as a number; [] without the file."""
+    if not Path(summary_csv).is_file():
+        return []
+    with open(summary_csv) as f:
+        return [{key: float(value) for key, value in row.items() if value not in (None, '')} for row in csv.DictReader(f)]
+
+
+def evaluated_epochs(summary_csv: Path) -> List[Dict[str, float]]:
+    """The rows of the epochs that were evaluated (a run without --val-split has none)."""
+    return [row for row in read_summary(summary_csv) if 'eval_top1' in row]
+
+
+def epochs_done(folder: Path) -> int:
+    """How many epochs the ``summary.csv`` in ``folder`` records (0 without one)."""
+    return max((int(row['epoch']) + 1 for row in read_summary(Path(folder) / SUMMARY_FILE)), default=0)
