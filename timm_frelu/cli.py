@@ -7,24 +7,25 @@ from pathlib import Path
 from typing import List, Optional
 
 
-def _models(args: argparse.Namespace) -> int:
-    from .summary import model_table, update_readme
-    if args.update_readme:
-        changed = update_readme(Path(args.update_readme))
-        print(f"{args.update_readme}: model table {'updated' if changed else 'already current'}")
-    else:
-        print(model_table())
+def _table(args: argparse.Namespace, section: str, what: str, make) -> int:
+    """Print a generated table, or with --update-readme rewrite its section of that Markdown file."""
+    if not args.update_readme:
+        print(make())
+        return 0
+    from .readme import update_section
+    changed = update_section(Path(args.update_readme), section, make())
+    print(f"{args.update_readme}: {what} {'updated' if changed else 'already current'}")
     return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from .summary import MODEL_TABLE, model_table
+    return _table(args, MODEL_TABLE, 'model table', model_table)
 
 
 def _weights(args: argparse.Namespace) -> int:
-    from .summary import update_weights_table, weights_table
-    if args.update_readme:
-        changed = update_weights_table(Path(args.update_readme))
-        print(f"{args.update_readme}: pretrained-weights table {'updated' if changed else 'already current'}")
-    else:
-        print(weights_table())
-    return 0
+    from .summary import WEIGHTS_TABLE, weights_table
+    return _table(args, WEIGHTS_TABLE, 'pretrained-weights table', weights_table)
 
 
 def _main_job(args: argparse.Namespace) -> int:
