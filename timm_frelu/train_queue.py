@@ -144,7 +144,9 @@ def write_lean_snapshot(run_dir: Path, target: Path) -> int:
     """Keep the model weights of ``run_dir``'s ``last`` checkpoint in ``target``, each weight of
     more than one dimension as int8 with a scale per output channel, and the run's records;
     returns the bytes of the weights file. Each file is written whole or not at all."""
-    state = read_checkpoint(run_dir / LAST_CHECKPOINT)['state_dict']
+    checkpoint = read_checkpoint(run_dir / LAST_CHECKPOINT)
+    # The checkpoint's own epoch: the summary gets each epoch's row just before its checkpoint.
+    state, done = checkpoint['state_dict'], checkpoint['epoch'] + 1
     tensors = {}
     for name, tensor in state.items():
         if tensor.is_floating_point() and tensor.dim() > 1:
@@ -158,7 +160,7 @@ def write_lean_snapshot(run_dir: Path, target: Path) -> int:
     for name in RECORD_FILES:
         copy_file_atomic(run_dir / name, target / name)
     partial = target / f'.{LEAN_WEIGHTS}.tmp{os.getpid()}'
-    save_file(tensors, str(partial), metadata={'epochs_done': str(epochs_done(run_dir)), 'format': 'int8 per output channel'})
+    save_file(tensors, str(partial), metadata={'epochs_done': str(done), 'format': 'int8 per output channel'})
     os.replace(partial, target / LEAN_WEIGHTS)
     (target / LAST_CHECKPOINT).unlink(missing_ok=True)  # a full snapshot of an earlier, smaller format
     return (target / LEAN_WEIGHTS).stat().st_size
@@ -192,7 +194,8 @@ def _snapshot_run(run_dir: Path, kept: Path, epochs: int, lean: bool) -> str:
     if not lean and (run_dir / LAST_CHECKPOINT).stat().st_size <= LEAN_ABOVE_BYTES:
         copy_run_state(run_dir, kept)
         return f'snapshot kept, {epochs_done(kept)} of {epochs} epochs done'
-    done, before, third = epochs_done(run_dir), _lean_epochs(kept), math.ceil(epochs / 3)
+    done = read_checkpoint(run_dir / LAST_CHECKPOINT)['epoch'] + 1
+    before, third = _lean_epochs(kept), math.ceil(epochs / 3)
     if done - before < third:
         what = f'the snapshot there has {before}' if before else 'none was kept before'
         return (f'lean snapshot not written: {done} of {epochs} epochs done and {what}, less than a third of the run '
@@ -237,11 +240,12 @@ def restore_queue(spec: Dict[str, Any], output: Path, keep: Path) -> Dict[str, s
             # A snapshot left from before the run was published would make the queue train it again.
             states[experiment] = f'not restored: published in {published}; its snapshot is stale'
             continue
-        here, there = epochs_done(run_dir), epochs_done(kept)
+        lean = (kept / LEAN_WEIGHTS).is_file()
+        here, there = epochs_done(run_dir), _lean_epochs(kept) if lean else epochs_done(kept)
         if ((run_dir / LAST_CHECKPOINT).is_file() or (run_dir / RESTART_WEIGHTS).is_file()) and here >= there:
             states[experiment] = f'not restored: the run folder has {here} epochs done, the snapshot no more'
             continue
-        if (kept / LEAN_WEIGHTS).is_file():
+        if lean:
             _restore_lean(kept, run_dir)
             states[experiment] = f'restored from its lean snapshot, {there} epochs done (fresh momentum and EMA)'
         else:
