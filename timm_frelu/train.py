@@ -440,10 +440,6 @@ def _load_data(args: argparse.Namespace):
     num_classes = args.num_classes or len(train_set.classes)
     if int(train_set.labels.max()) >= num_classes:
         raise DataError(f'The data has {len(train_set.classes)} classes but --num-classes is {num_classes}.')
-    if len(train_set) < args.batch_size * args.world_size:  # the training loader drops a partial batch
-        raise DataError(f'{len(train_set)} training images make no full batch of {args.batch_size}'
-                        + (f' on each of {args.world_size} processes' if args.world_size > 1 else '')
-                        + '; lower --batch-size.')
     return train_set, eval_set, num_classes
 
 
@@ -507,6 +503,8 @@ def _loaders(args: argparse.Namespace, device: torch.device, data_config, train_
     if eval_set is not None:
         loader_eval = TensorLoader(
             eval_set.images, eval_set.labels, args.validation_batch_size or 2 * args.batch_size, **loader_kwargs)
+    if len(loader_train) == 0:  # it drops a partial last batch
+        raise DataError(f'{len(train_set)} training images make no full batch of {args.batch_size}; lower --batch-size.')
     return loader_train, loader_eval
 
 
