@@ -25,8 +25,9 @@ pytestmark = [
 
 
 def _run_script(script, *args, cwd):
-    result = subprocess.run([sys.executable, '-m', 'timm_frelu.cli', 'run', str(SCRIPTS / script), *args,
-                             '--device', 'cpu'], cwd=cwd, capture_output=True, text=True, timeout=900)
+    device = [] if script.startswith('onnx_') else ['--device', 'cpu']  # the ONNX scripts have no --device
+    result = subprocess.run([sys.executable, '-m', 'timm_frelu.cli', 'run', str(SCRIPTS / script), *args, *device],
+                            cwd=cwd, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
