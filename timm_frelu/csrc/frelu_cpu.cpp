@@ -5,9 +5,9 @@
 // activation, and as many again in backward. Here forward is two passes (the conv's statistics,
 // then the BN'd condition, the max and the mask) and backward three (BN's gradient sums, the
 // conv's gradient with its weight gradient, then the input gradient). The depthwise conv is
-// cheap to recompute from the input rows around it, which are in cache, but each pass keeps it
-// for the next where a buffer of that size is at hand: forward in its output (fp32; bf16 in a
-// transient fp32 buffer), backward in the fp32 buffer that then holds the conv's gradient.
+// cheap to recompute from the input rows around it, which are in cache, but a pass keeps it for
+// the next where an fp32 buffer of that size is at hand anyway: fp32 forward in its output,
+// backward in the buffer that then holds the conv's gradient.
 //
 // The unit of work is one image row, W * C contiguous floats in NHWC. A conv tap shifts a whole
 // row by whole pixels, so every inner loop runs over a contiguous span of a row, with
@@ -622,34 +622,37 @@ std::vector<at::Tensor> forward_of(const at::Tensor& x, const c10::optional<at::
     TORCH_CHECK(!(shortcut.has_value() && shortcut->defined()), "FReLU CPU kernel: a shortcut needs the BN before it");
   }
 
-  // The conv output is kept from the first pass to the second, which then needs no window: in the
-  // output itself for fp32, in an fp32 buffer that lives until the second pass for bf16.
-  const at::Tensor conv_buffer = std::is_same<T, float>::value ? out : at::empty_like(x, x.options().dtype(at::kFloat));
-  float* conv_data = conv_buffer.data_ptr<float>();
+  // fp32 keeps the conv output from the first pass to the second in the output itself, so the
+  // second needs no window; bf16 computes it again (an fp32 buffer for it measured slower).
+  constexpr bool kKeepConv = std::is_same<T, float>::value;
+  float* kept_conv = kKeepConv ? reinterpret_cast<float*>(out_data) : nullptr;
   BatchStatistics stats;
   with_channel_block(g.C, [&](auto block) {
     constexpr int B = decltype(block)::value;
-    const Doubles moments = sum_each_row(in.x, transform, g, 2 * L, [&](const RowWindow& window, int64_t r, float*,
-                                                                          float* partial) {
-      float* conv = conv_data + r * L;
+    const Doubles moments = sum_each_row(in.x, transform, g, 2 * L, [&](const RowWindow& window, int64_t r,
+                                                                          float* scratch, float* partial) {
+      float* conv = kKeepConv ? kept_conv + r * L : scratch;
       conv_row<B>(window, taps, in.bias, g, conv);
       add_moments(conv, partial, partial + L, L);
     });
     stats = batch_statistics(moments, g, eps);
-  });
-  const TiledAffine affine = batch_norm_affine(stats.mean, stats.invstd, channel_data(bn_weight, g),
-                                               channel_data(bn_bias, g), g);
-  at::parallel_for(0, g.rows(), kRowGrain, [&](int64_t r0, int64_t r1) {
-    CacheAlignedFloats input(L);
-    for (int64_t r = r0; r < r1; ++r) {
-      make_row(in.x, transform, r, L, input.data());
-      if constexpr (std::is_same<T, float>::value) {
-        funnel_max_in_place(conv_data + r * L, affine.scale.data(), affine.shift.data(), input.data(),
-                            mask_data + r * L, L);
-      } else {
-        funnel_max(conv_data + r * L, affine.scale.data(), affine.shift.data(), input.data(), out_data + r * L,
+    const TiledAffine affine = batch_norm_affine(stats.mean, stats.invstd, channel_data(bn_weight, g),
+                                                 channel_data(bn_bias, g), g);
+    if constexpr (kKeepConv) {
+      at::parallel_for(0, g.rows(), kRowGrain, [&](int64_t r0, int64_t r1) {
+        CacheAlignedFloats input(L);
+        for (int64_t r = r0; r < r1; ++r) {
+          make_row(in.x, transform, r, L, input.data());
+          funnel_max_in_place(kept_conv + r * L, affine.scale.data(), affine.shift.data(), input.data(),
+                              mask_data + r * L, L);
+        }
+      });
+    } else {
+      for_each_row(in.x, transform, g, [&](const RowWindow& window, int64_t r, float* conv) {
+        conv_row<B>(window, taps, in.bias, g, conv);
+        funnel_max(conv, affine.scale.data(), affine.shift.data(), window.center_row(), out_data + r * L,
                    mask_data + r * L, L);
-      }
+      });
     }
   });
   if (!has_norm) return {out, mask, to_tensor(stats.mean), to_tensor(stats.invstd), to_tensor(stats.var), {}, {}, {}};
