@@ -67,3 +67,12 @@ def copy_file_atomic(source: Path, target: Path) -> None:
 
 def write_json_atomic(path: Path, payload: Any) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2) + '\n')
+
+
+def save_safetensors_atomic(tensors: Dict[str, Any], path: Path, metadata: Dict[str, str]) -> None:
+    """Save ``tensors`` as a safetensors file through a temporary file beside ``path``."""
+    from safetensors.torch import save_file
+    path = Path(path)
+    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)

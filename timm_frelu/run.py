@@ -42,9 +42,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff')
-
-
 def _warn_if_no_full_batch(args: List[str]) -> None:
     """timm's train.py drops a training split's last partial batch, so a folder with fewer images than
     the batch trains nothing, silently, and exits 0: say so before it runs."""
@@ -61,6 +58,7 @@ def _warn_if_no_full_batch(args: List[str]) -> None:
     folder = Path(data_dir) / known.train_split
     if not folder.is_dir():
         return
+    from .data.sources import IMAGE_SUFFIXES  # the suffixes the project's image folders read
     count = sum(1 for path in folder.rglob('*') if path.suffix.lower() in IMAGE_SUFFIXES)
     if count < known.batch_size:
         print(f'warning: {folder} holds {count} training images, fewer than the batch of {known.batch_size}: timm\'s '

@@ -24,12 +24,13 @@ entry names, which is then its ``published`` folder (nothing to add by hand):
       - {experiment: cpu30-resnet18_frelu-seed0, config: ..., publish: {name: resnet18_frelu.cpu30_cifar10}}
         # into checkpoints/resnet18_frelu.cpu30_cifar10/, with its card
       - {experiment: ...-seed1, config: ..., publish: {name: resnet18_frelu.cpu30_cifar10, into: docs/results/seeds/...-seed1,
-         card: false}}   # a seed record for the report (eval_datasets: [...] picks the test sets) Across machines,
-``--snapshot DIR`` copies each unfinished run's resumable state (``args.yaml``, ``summary.csv``,
-``last.pth.tar``) to ``DIR/<experiment>/`` (a folder to commit), drops the snapshots of runs
-that have finished, and names any finished run whose entry lacks ``published``; ``--restore DIR``
-copies a snapshot of an unpublished run back when it is further along than the run folder, then
-trains as usual.
+         card: false}}   # a seed record for the report (eval_datasets: [...] picks the test sets)
+
+Across machines, ``--snapshot DIR`` copies each unfinished run's resumable state (``args.yaml``,
+``summary.csv``, ``last.pth.tar``) to ``DIR/<experiment>/`` (a folder to commit), drops the
+snapshots of runs that have finished, and names any finished run whose entry lacks
+``published``; ``--restore DIR`` copies a snapshot of an unpublished run back when it is further
+along than the run folder, then trains as usual.
 
 A run whose ``last.pth.tar`` is too big to commit (over 16 MiB: ResNet-18/34/50, whose optimizer
 and EMA state make 130-280 MB) gets a *lean* snapshot instead: its model weights alone, int8 per
@@ -54,11 +55,10 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from .checkpoint import read_checkpoint
 from .errors import TimmFreluError
-from .fileio import copy_file_atomic, read_yaml_mapping
+from .fileio import copy_file_atomic, read_yaml_mapping, save_safetensors_atomic
 from .run_folder import ARGS_FILE, LAST_CHECKPOINT, SUMMARY_FILE, epochs_done
 from .train import check_args, train, training_args
 
@@ -140,13 +140,13 @@ def copy_run_state(source: Path, target: Path) -> None:
         copy_file_atomic(source / name, target / name)
 
 
-def write_lean_snapshot(run_dir: Path, target: Path) -> int:
-    """Keep the model weights of ``run_dir``'s ``last`` checkpoint in ``target``, each weight of
-    more than one dimension as int8 with a scale per output channel, and the run's records;
-    returns the bytes of the weights file. Each file is written whole or not at all."""
-    checkpoint = read_checkpoint(run_dir / LAST_CHECKPOINT)
-    # The checkpoint's own epoch: the summary gets each epoch's row just before its checkpoint.
-    state, done = checkpoint['state_dict'], checkpoint['epoch'] + 1
+def write_lean_snapshot(run_dir: Path, target: Path, checkpoint: Optional[Dict[str, Any]] = None) -> int:
+    """Keep the model weights of ``run_dir``'s ``last`` checkpoint (``checkpoint``, when already
+    read) in ``target``, each weight of more than one dimension as int8 with a scale per output
+    channel, and the run's records; returns the bytes of the weights file. Each file is written
+    whole or not at all."""
+    checkpoint = checkpoint or read_checkpoint(run_dir / LAST_CHECKPOINT)
+    state, done = checkpoint['state_dict'], _checkpoint_epochs(checkpoint)
     tensors = {}
     for name, tensor in state.items():
         if tensor.is_floating_point() and tensor.dim() > 1:
@@ -159,9 +159,7 @@ def write_lean_snapshot(run_dir: Path, target: Path) -> int:
     target.mkdir(parents=True, exist_ok=True)
     for name in RECORD_FILES:
         copy_file_atomic(run_dir / name, target / name)
-    partial = target / f'.{LEAN_WEIGHTS}.tmp{os.getpid()}'
-    save_file(tensors, str(partial), metadata={'epochs_done': str(done), 'format': 'int8 per output channel'})
-    os.replace(partial, target / LEAN_WEIGHTS)
+    save_safetensors_atomic(tensors, target / LEAN_WEIGHTS, {'epochs_done': str(done), 'format': 'int8 per output channel'})
     (target / LAST_CHECKPOINT).unlink(missing_ok=True)  # a full snapshot of an earlier, smaller format
     return (target / LEAN_WEIGHTS).stat().st_size
 
@@ -169,7 +167,6 @@ def write_lean_snapshot(run_dir: Path, target: Path) -> int:
 def read_lean_snapshot(path: Path) -> Tuple[Dict[str, torch.Tensor], int]:
     """A lean snapshot's weights, back in fp32, and the epochs the run had done."""
     with safe_open(str(path), framework='pt') as f:
-        done = int(f.metadata()['epochs_done'])
         stored = {name: f.get_tensor(name) for name in f.keys()}
     weights = {}
     for name, tensor in stored.items():
@@ -177,15 +174,21 @@ def read_lean_snapshot(path: Path) -> Tuple[Dict[str, torch.Tensor], int]:
             continue
         scale = stored.get(name + _SCALE_SUFFIX)
         weights[name] = tensor if scale is None else (tensor.float().flatten(1) * scale[:, None]).reshape(tensor.shape)
-    return weights, done
+    return weights, epochs_of_weights(path)
 
 
-def _lean_epochs(kept: Path) -> int:
-    """The epochs a lean snapshot's run had done (0 without one)."""
-    if not (kept / LEAN_WEIGHTS).is_file():
+def epochs_of_weights(path: Path) -> int:
+    """The epochs the run had done when a lean snapshot, or the restart weights made from one, was
+    written (0 without the file)."""
+    if not Path(path).is_file():
         return 0
-    with safe_open(str(kept / LEAN_WEIGHTS), framework='pt') as f:
+    with safe_open(str(path), framework='pt') as f:
         return int(f.metadata()['epochs_done'])
+
+
+def _checkpoint_epochs(checkpoint: Dict[str, Any]) -> int:
+    # The checkpoint's own epoch, not the summary's: each epoch's row is written just before its checkpoint.
+    return checkpoint['epoch'] + 1
 
 
 def _snapshot_run(run_dir: Path, kept: Path, epochs: int, lean: bool) -> str:
@@ -194,13 +197,13 @@ def _snapshot_run(run_dir: Path, kept: Path, epochs: int, lean: bool) -> str:
     if not lean and (run_dir / LAST_CHECKPOINT).stat().st_size <= LEAN_ABOVE_BYTES:
         copy_run_state(run_dir, kept)
         return f'snapshot kept, {epochs_done(kept)} of {epochs} epochs done'
-    done = read_checkpoint(run_dir / LAST_CHECKPOINT)['epoch'] + 1
-    before, third = _lean_epochs(kept), math.ceil(epochs / 3)
+    checkpoint = read_checkpoint(run_dir / LAST_CHECKPOINT)
+    done, before, third = _checkpoint_epochs(checkpoint), epochs_of_weights(kept / LEAN_WEIGHTS), math.ceil(epochs / 3)
     if done - before < third:
         what = f'the snapshot there has {before}' if before else 'none was kept before'
         return (f'lean snapshot not written: {done} of {epochs} epochs done and {what}, less than a third of the run '
                 f'({third} epochs) apart; a fresh machine would redo at most {done - before} epochs')
-    size = write_lean_snapshot(run_dir, kept)
+    size = write_lean_snapshot(run_dir, kept, checkpoint)
     return f'lean snapshot kept, {done} of {epochs} epochs done ({size / 2 ** 20:.1f} MiB of int8 weights)'
 
 
@@ -241,7 +244,7 @@ def restore_queue(spec: Dict[str, Any], output: Path, keep: Path) -> Dict[str, s
             states[experiment] = f'not restored: published in {published}; its snapshot is stale'
             continue
         lean = (kept / LEAN_WEIGHTS).is_file()
-        here, there = epochs_done(run_dir), _lean_epochs(kept) if lean else epochs_done(kept)
+        here, there = epochs_done(run_dir), epochs_of_weights(kept / LEAN_WEIGHTS) if lean else epochs_done(kept)
         if ((run_dir / LAST_CHECKPOINT).is_file() or (run_dir / RESTART_WEIGHTS).is_file()) and here >= there:
             states[experiment] = f'not restored: the run folder has {here} epochs done, the snapshot no more'
             continue
@@ -259,19 +262,12 @@ def _restore_lean(kept: Path, run_dir: Path) -> None:
     weights in fp32. An older ``last`` checkpoint there is kept aside, not resumed."""
     weights, done = read_lean_snapshot(kept / LEAN_WEIGHTS)
     run_dir.mkdir(parents=True, exist_ok=True)
-    partial = run_dir / f'.{RESTART_WEIGHTS}.tmp{os.getpid()}'
-    save_file(weights, str(partial), metadata={'epochs_done': str(done)})
     if (run_dir / LAST_CHECKPOINT).is_file():
         os.replace(run_dir / LAST_CHECKPOINT, run_dir / 'last-before-restore.pth.tar')
     for name in RECORD_FILES:
         copy_file_atomic(kept / name, run_dir / name)
-    os.replace(partial, run_dir / RESTART_WEIGHTS)
-
-
-def restart_epoch(run_dir: Path) -> int:
-    """The epoch a restored lean snapshot's run continues from."""
-    with safe_open(str(run_dir / RESTART_WEIGHTS), framework='pt') as f:
-        return int(f.metadata()['epochs_done'])
+    # Last, as it makes the run folder one to restart from.
+    save_safetensors_atomic(weights, run_dir / RESTART_WEIGHTS, {'epochs_done': str(done)})
 
 
 def queue_output(spec: Dict[str, Any], output: Optional[Path] = None) -> Path:
@@ -345,7 +341,7 @@ def run_queue(spec: Dict[str, Any], output: Optional[Path] = None) -> Dict[str, 
                 if state == 'resume':
                     args.resume = str(run_dir / LAST_CHECKPOINT)
                 elif state == 'restart':
-                    args.initial_checkpoint, args.start_epoch = str(run_dir / RESTART_WEIGHTS), restart_epoch(run_dir)
+                    args.initial_checkpoint, args.start_epoch = str(run_dir / RESTART_WEIGHTS), epochs_of_weights(run_dir / RESTART_WEIGHTS)
                 _logger.info(f'{experiment}: ' + {'resume': 'resuming', 'new': 'starting'}.get(
                     state, f'continuing from its restored weights at epoch {args.start_epoch}'))
                 train(args)
