@@ -10,14 +10,14 @@ show whether loading could be the bottleneck.
 import argparse
 import time
 
-import torch
 import timm
+import torch
 from torchvision import datasets, transforms
 
 import timm_frelu  # noqa: F401
-from timm_frelu.data import CIFAR10_MEAN, CIFAR10_STD, TensorLoader, load_split
-from timm_frelu.measure import interleaved_medians, machine_description, training_step
-from timm_frelu.data.shared import SHARED_ARCHIVES, unpacked_archive, verified_archive
+from timm_frelu.studies.measure import interleaved_medians, machine_description, training_step
+from timm_frelu.training.data import CIFAR10_MEAN, CIFAR10_STD, TensorLoader, load_split
+from timm_frelu.training.data.shared import SHARED_ARCHIVES, unpacked_archive, verified_archive
 
 
 def images_per_second(loader, batches: int) -> float:

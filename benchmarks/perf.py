@@ -25,9 +25,9 @@ import torch
 
 import timm_frelu
 from timm_frelu import FReLU
-from timm_frelu.measure import (inference_step, interleaved_medians, machine_description, saved_activation_bytes,
-                                training_step)
-from timm_frelu.train import computes_natively
+from timm_frelu.studies.measure import (inference_step, interleaved_medians, machine_description,
+                                        saved_activation_bytes, training_step)
+from timm_frelu.training.train import computes_natively
 
 BATCH = {'resnet20': 128, 'resnet56': 128, 'resnet18': 64, 'resnet50': 32}
 BF16 = ', bf16'

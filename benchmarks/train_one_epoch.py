@@ -15,9 +15,10 @@ import csv
 import time
 from pathlib import Path
 
-from timm_frelu.measure import machine_description
-from timm_frelu.train import main as train_main
-from timm_frelu.validate import parser as validate_parser, validate
+from timm_frelu.studies.measure import machine_description
+from timm_frelu.training.train import main as train_main
+from timm_frelu.training.validate import parser as validate_parser
+from timm_frelu.training.validate import validate
 
 RECIPES = Path(__file__).resolve().parents[1] / 'zoo_configs' / 'cpu'
 PRECISION_FLAGS = {'fp32': ['--no-amp-if-native'], 'bf16': ['--amp']}

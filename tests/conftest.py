@@ -18,11 +18,12 @@ os.environ['TIMM_FRELU_CACHE'] = tempfile.mkdtemp(prefix='timm-frelu-test-cache-
 import huggingface_hub  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hub_server import HubServer  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import timm_frelu  # noqa: E402,F401  registers the models and the activation
-from hub_server import HubServer  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[1]  # the checkout: the tests live in tests/library and tests/tooling
 HUB_TOKEN = 'hf_test_token'
 # Prints a pretrained model's outputs on a fixed batch: argv[1], or the name formatted in.
 LOAD_SCRIPT = '''

@@ -26,6 +26,7 @@ def require_optuna():
     return optuna
 
 
-# A command catches these and prints the message alone: FileNotFoundError and ValueError come from
-# torch, timm and argparse-level checks whose messages already name the missing file or bad value.
-COMMAND_LINE_ERRORS = (TimmFreluError, FileNotFoundError, ValueError)
+# The command shell (timm_frelu.cli.run_command) prints these as one line: OSError (a missing or
+# unreadable file) and ValueError come from torch, timm and argument checks whose messages already
+# name the file or the bad value.
+COMMAND_LINE_ERRORS = (TimmFreluError, OSError, ValueError)

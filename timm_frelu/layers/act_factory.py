@@ -8,7 +8,7 @@ model's ``act_layer='frelu'`` resolve to :func:`create_frelu`.
 
 Because the tables are private, a timm release may rename or move them. We then fail at import
 with a message that names the fix, instead of a ``KeyError: 'frelu'`` far away in a model
-constructor; ``tests/test_act_factory.py`` checks the hook end to end.
+constructor; ``tests/library/test_act_factory.py`` checks the hook end to end.
 """
 from timm.layers import create_act
 

@@ -1,6 +1,6 @@
 """FReLU's fused CPU kernels for training and inference (fp32 or bf16, channels_last), compiled on first use.
 
-The source is ``timm_frelu/csrc/frelu_cpu.cpp``; ``torch.utils.cpp_extension`` builds it once per
+The source is ``timm_frelu/layers/csrc/frelu_cpu.cpp``; ``torch.utils.cpp_extension`` builds it once per
 machine (about half a minute) into its cache and reloads it from there. It is built for the vector
 instructions torch itself dispatches to on this CPU (``torch.backends.cpu.get_cpu_capability()``),
 whose name is part of the build's name, so a cache shared with an older CPU can't hand it an
@@ -26,7 +26,7 @@ import torch
 __all__ = ['KERNEL_DTYPES', 'cpu_kernels', 'cpu_kernels_apply', 'cpu_inference_kernel_applies', 'kernels_take_dtype',
            'to_kernel_layout']
 
-_SOURCE = Path(__file__).resolve().parent.parent / 'csrc' / 'frelu_cpu.cpp'
+_SOURCE = Path(__file__).resolve().parent / 'csrc' / 'frelu_cpu.cpp'
 _ENABLE_VARIABLE = 'TIMM_FRELU_CPU_KERNELS'
 # bf16 activations are computed in fp32 and stored in bf16; the parameters stay fp32.
 KERNEL_DTYPES = (torch.float32, torch.bfloat16)

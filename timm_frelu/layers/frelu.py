@@ -22,9 +22,9 @@ from typing import Any, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
-from timm.layers import register_notrace_module
 
 from .cpu_kernels import (cpu_inference_kernel_applies, cpu_kernels, cpu_kernels_apply, kernels_take_dtype,
                           to_kernel_layout)

@@ -35,10 +35,10 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet, make_blocks
 
-from ..data.constants import CIFAR10_CLASSES, CIFAR_MEAN_STD, CIFAR_NUM_CLASSES
 from ..layers import ACT_TITLES, BLOCK_ACTIVATIONS, KernelLayoutConv2d
-from ..zoo import (PretrainedWeightsError, PublishedWeights, WeightsNotFound, published_weights, resolve_weights,
-                   shipped_weights, tag_dataset)
+from ..pretrained import (PretrainedWeightsError, PublishedWeights, WeightsNotFound, published_weights, resolve_weights,
+                          shipped_weights, tag_dataset)
+from ..pretrained.datasets import CIFAR10_CLASSES, CIFAR_MEAN_STD, CIFAR_NUM_CLASSES
 from .blocks import ACT_LAYOUTS, block_classes
 
 __all__ = ['CifarResNet', 'ACT_LAYOUTS', 'STEMS']

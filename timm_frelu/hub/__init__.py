@@ -1,2 +1,0 @@
-from .publish import PublishError, publish
-from .push import PushError, push
