@@ -1,10 +1,13 @@
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+from glob import glob
 from pathlib import Path
 from typing import Callable, List
 
@@ -98,3 +101,80 @@ def model_outputs(model: torch.nn.Module) -> torch.Tensor:
 def same_outputs(printed: str, expected: str) -> bool:
     """Outputs printed by another process: equal up to float rounding."""
     return torch.allclose(torch.tensor(json.loads(printed)), torch.tensor(json.loads(expected)), atol=1e-6)
+
+
+def _postgres_bin(name):
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob(f'/usr/lib/postgresql/*/bin/{name}'))
+    return candidates[-1] if candidates else None
+
+
+@pytest.fixture
+def postgres(tmp_path):
+    initdb, pg_ctl = _postgres_bin('initdb'), _postgres_bin('pg_ctl')
+    if not (initdb and pg_ctl):
+        pytest.skip("PostgreSQL is not installed (Debian's postgresql package; .ci/run installs it)")
+    pytest.importorskip('psycopg2', reason='psycopg2 is not installed (pip install psycopg2-binary)')
+    # The server refuses to run as root; Debian's package creates the postgres user, who must
+    # reach the data folder (pytest's own tmp folders are private to root).
+    data = Path(tempfile.mkdtemp(prefix='timm-frelu-pg-'))
+    as_postgres = ['runuser', '-u', 'postgres', '--'] if os.geteuid() == 0 else []
+    if as_postgres:
+        shutil.chown(data, 'postgres')
+    subprocess.run(as_postgres + [initdb, '-D', str(data), '-U', 'postgres', '--auth=trust'], check=True,
+                   capture_output=True)
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    subprocess.run(as_postgres + [pg_ctl, '-D', str(data), '-w', '-l', str(data / 'server.log'), '-o',
+                                  f'-p {port} -c listen_addresses=127.0.0.1 -k {data}', 'start'], check=True,
+                   capture_output=True)
+    try:
+        import psycopg2
+        connection = psycopg2.connect(host='127.0.0.1', port=port, user='postgres', dbname='postgres')
+        connection.autocommit = True
+        connection.cursor().execute('CREATE DATABASE optuna')
+        connection.close()
+        yield f'postgresql+psycopg2://postgres@127.0.0.1:{port}/optuna'
+    finally:
+        subprocess.run(as_postgres + [pg_ctl, '-D', str(data), '-m', 'fast', 'stop'], capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+GPU_ZOO_PART_SIZE = 200_000  # a resnet20's fp16 weights (0.56 MB) come back in several parts
+GPU_ZOO_PLAN = '''
+defaults:
+  dataset: shared/cifar10-lossless
+  train_split: 'train[:192]'
+  val_split: 'test[:64]'
+  epochs: 2
+  batch_size: 64
+  lr: 0.05
+  model_ema: true
+  model_ema_decay: 0.9
+  threads: 1
+  log_interval: 10
+runs:
+  - {name: resnet20_frelu.gpu_cifar10, share: 1}
+  - {name: resnet20_relu.gpu_cifar10, share: 1, args: {epochs: 1}}
+'''
+
+
+@pytest.fixture(scope='session')
+def gpu_zoo_returned(tmp_path_factory):
+    """What a device call of the GPU zoo job brings back (its output folder), from a tiny plan run
+    on the CPU as the device runs it."""
+    root = tmp_path_factory.mktemp('gpu-zoo')
+    plan = root / 'plan.yaml'
+    plan.write_text(GPU_ZOO_PLAN)
+    out = root / 'OUT'
+    result = subprocess.run(
+        [sys.executable, '-m', 'timm_frelu.cli', 'gpu-zoo', 'run', str(plan), '--output', str(out),
+         '--time-budget', '600', '--device', 'cpu', '--part-size', str(GPU_ZOO_PART_SIZE), '--calibration-seconds', '1',
+         '--work-dir', str(root / 'work')],
+        capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'No CUDA runtime' not in result.stderr  # a CPU run says nothing of CUDA
+    return out

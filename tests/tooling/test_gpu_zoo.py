@@ -2,14 +2,12 @@
 command line, time-sized epochs, archive parts and manifest in the output folder), then here:
 parts checked and reassembled, runs published and their weights loaded through timm."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import timm
 import torch
-from conftest import REPO
+from conftest import GPU_ZOO_PART_SIZE, REPO
 from safetensors.torch import load_file
 
 from timm_frelu.fileio import file_sha256
@@ -19,50 +17,14 @@ from timm_frelu.gpu.zoo_job import (GpuZooError, load_plan, publish_returned, si
 # End to end: the job runs as a subprocess and trains. `pytest -m 'not slow'` leaves it out.
 pytestmark = pytest.mark.slow
 
-PART_SIZE = 200_000  # a resnet20's fp16 weights (0.56 MB) come back in several parts
-PLAN = '''
-defaults:
-  dataset: shared/cifar10-lossless
-  train_split: 'train[:192]'
-  val_split: 'test[:64]'
-  epochs: 2
-  batch_size: 64
-  lr: 0.05
-  model_ema: true
-  model_ema_decay: 0.9
-  threads: 1
-  log_interval: 10
-runs:
-  - {name: resnet20_frelu.gpu_cifar10, share: 1}
-  - {name: resnet20_relu.gpu_cifar10, share: 1, args: {epochs: 1}}
-'''
-
-
-@pytest.fixture(scope='module')
-def returned(tmp_path_factory):
-    """What a device call brings back: the job's output folder."""
-    root = tmp_path_factory.mktemp('gpu-zoo')
-    plan = root / 'plan.yaml'
-    plan.write_text(PLAN)
-    out = root / 'OUT'
-    result = subprocess.run(
-        [sys.executable, '-m', 'timm_frelu.cli', 'gpu-zoo', 'run', str(plan), '--output', str(out),
-         '--time-budget', '600', '--device', 'cpu', '--part-size', str(PART_SIZE), '--calibration-seconds', '1',
-         '--work-dir', str(root / 'work')],
-        capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert 'No CUDA runtime' not in result.stderr  # a CPU run says nothing of CUDA
-    return out
-
-
-def test_job_leaves_a_manifest_and_parts_within_the_return_limits(returned):
-    manifest = json.loads((returned / 'manifest.json').read_text())
-    files = sorted(p.name for p in returned.iterdir())
+def test_job_leaves_a_manifest_and_parts_within_the_return_limits(gpu_zoo_returned):
+    manifest = json.loads((gpu_zoo_returned / 'manifest.json').read_text())
+    files = sorted(p.name for p in gpu_zoo_returned.iterdir())
     assert files == sorted(['manifest.json'] + [part['file'] for part in manifest['parts']])
     assert len(files) <= 8 and len(manifest['parts']) >= 2
     for part in manifest['parts']:
-        assert (returned / part['file']).stat().st_size == part['bytes'] <= PART_SIZE
-        assert file_sha256(returned / part['file']) == part['sha256']
+        assert (gpu_zoo_returned / part['file']).stat().st_size == part['bytes'] <= GPU_ZOO_PART_SIZE
+        assert file_sha256(gpu_zoo_returned / part['file']) == part['sha256']
     frelu, relu = manifest['runs']
     assert frelu['status'] == relu['status'] == 'finished'
     # Epochs are sized from the measured speed; here the plan's maximum fits easily.
@@ -70,8 +32,8 @@ def test_job_leaves_a_manifest_and_parts_within_the_return_limits(returned):
     assert frelu['calibration_img_per_sec'] > 0 and manifest['wall_s'] < 600
 
 
-def test_returned_runs_are_verified_unpacked_and_published(returned, tmp_path):
-    published = publish_returned(returned, tmp_path / 'unpacked', output_root=tmp_path / 'checkpoints',
+def test_returned_runs_are_verified_unpacked_and_published(gpu_zoo_returned, tmp_path):
+    published = publish_returned(gpu_zoo_returned, tmp_path / 'unpacked', output_root=tmp_path / 'checkpoints',
                                  eval_datasets=['shared/cifar10-lossless'])
     assert [p.name for p in published] == ['resnet20_frelu.gpu_cifar10', 'resnet20_relu.gpu_cifar10']
     frelu = published[0]
@@ -86,10 +48,10 @@ def test_returned_runs_are_verified_unpacked_and_published(returned, tmp_path):
     assert torch.equal(model.fc.weight.half(), exported['fc.weight'])
 
 
-def test_a_damaged_or_missing_part_is_refused(returned, tmp_path):
+def test_a_damaged_or_missing_part_is_refused(gpu_zoo_returned, tmp_path):
     copy = tmp_path / 'copy'
     copy.mkdir()
-    for path in returned.iterdir():
+    for path in gpu_zoo_returned.iterdir():
         (copy / path.name).write_bytes(path.read_bytes())
     manifest = json.loads((copy / 'manifest.json').read_text())
     damaged = copy / manifest['parts'][1]['file']

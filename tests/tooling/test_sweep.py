@@ -1,11 +1,6 @@
 """Sweeps: an SQLite study that survives a kill, and two workers sharing one PostgreSQL study."""
-import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
-from glob import glob
 from pathlib import Path
 
 import optuna
@@ -145,46 +140,6 @@ def test_enqueue_names_the_alias_a_value_outside_the_space_needs(sweep_file, tmp
     capsys.readouterr()
     assert sweep_main([str(files['relu']), '--output', str(tmp_path), '--enqueue-best-of', str(files['frelu'])]) == 2
     assert "aliases: {weight_decay_exclude: {'norm_bias_funnel': ...}}" in capsys.readouterr().err
-
-
-def _postgres_bin(name):
-    found = shutil.which(name)
-    if found:
-        return found
-    candidates = sorted(glob(f'/usr/lib/postgresql/*/bin/{name}'))
-    return candidates[-1] if candidates else None
-
-
-@pytest.fixture
-def postgres(tmp_path):
-    initdb, pg_ctl = _postgres_bin('initdb'), _postgres_bin('pg_ctl')
-    if not (initdb and pg_ctl):
-        pytest.skip("PostgreSQL is not installed (Debian's postgresql package; .ci/run installs it)")
-    pytest.importorskip('psycopg2', reason='psycopg2 is not installed (pip install psycopg2-binary)')
-    # The server refuses to run as root; Debian's package creates the postgres user, who must
-    # reach the data folder (pytest's own tmp folders are private to root).
-    data = Path(tempfile.mkdtemp(prefix='timm-frelu-pg-'))
-    as_postgres = ['runuser', '-u', 'postgres', '--'] if os.geteuid() == 0 else []
-    if as_postgres:
-        shutil.chown(data, 'postgres')
-    subprocess.run(as_postgres + [initdb, '-D', str(data), '-U', 'postgres', '--auth=trust'], check=True,
-                   capture_output=True)
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    subprocess.run(as_postgres + [pg_ctl, '-D', str(data), '-w', '-l', str(data / 'server.log'), '-o',
-                                  f'-p {port} -c listen_addresses=127.0.0.1 -k {data}', 'start'], check=True,
-                   capture_output=True)
-    try:
-        import psycopg2
-        connection = psycopg2.connect(host='127.0.0.1', port=port, user='postgres', dbname='postgres')
-        connection.autocommit = True
-        connection.cursor().execute('CREATE DATABASE optuna')
-        connection.close()
-        yield f'postgresql+psycopg2://postgres@127.0.0.1:{port}/optuna'
-    finally:
-        subprocess.run(as_postgres + [pg_ctl, '-D', str(data), '-m', 'fast', 'stop'], capture_output=True)
-        shutil.rmtree(data, ignore_errors=True)
 
 
 def test_two_workers_share_one_postgresql_study(sweep_file, postgres, tmp_path):

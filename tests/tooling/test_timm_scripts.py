@@ -133,5 +133,5 @@ def test_benchmark_py_measures_the_model(tmp_path):
 
 def test_run_explains_itself_and_refuses_a_missing_script(tmp_path):
     from timm_frelu.cli import main
-    assert main([]) == 2 and main(['--help']) == 0
+    assert main(['run']) == 2 and main(['run', '--help']) == 0
     assert main(['run', str(tmp_path / 'train.py')]) == 2

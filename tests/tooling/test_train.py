@@ -184,6 +184,8 @@ def test_bad_arguments_are_clear_errors(data_dir, tmp_path):
     assert missing.returncode == 2 and 'no such checkpoint' in missing.stderr
     no_data = _run(_train_cmd(tmp_path / 'empty', tmp_path, 'y'))
     assert no_data.returncode == 2 and 'No image folder at' in no_data.stderr
+    sync_bn = _run(_train_cmd(data_dir, tmp_path, 'z', '--sync-bn', '--device', 'cpu'))
+    assert sync_bn.returncode == 2 and '--sync-bn needs GPUs' in sync_bn.stderr and not (tmp_path / 'z').exists()
 
 
 def test_yaml_config_sets_defaults_that_flags_override(tmp_path):

@@ -223,6 +223,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f'--weight-decay must not be negative, got {args.weight_decay:g}.')
     if (args.amp or args.amp_if_native) and args.amp_dtype != 'bfloat16' and str(args.device).startswith('cpu'):
         raise ValueError(f'--amp-dtype {args.amp_dtype} is not supported on the CPU: use --amp-dtype bfloat16.')
+    if args.sync_bn and str(args.device).startswith('cpu'):
+        raise ValueError('--sync-bn needs GPUs (torch\'s SyncBatchNorm runs on CUDA only): on the CPU leave it out; '
+                         'each process then keeps its own batch statistics.')
     check_model_name(args.model)
 
 
