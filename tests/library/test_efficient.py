@@ -88,6 +88,20 @@ def test_cpu_kernels_train_like_the_reference(channels, kernel_size, bias):
     _assert_trains_like(efficient, naive, torch.randn(4, channels, 7, 7).to(memory_format=torch.channels_last))
 
 
+@needs_compiler
+@pytest.mark.parametrize('threads', [1, 3])
+def test_cpu_kernels_train_like_the_reference_whichever_rows_each_thread_takes(threads):
+    # The kernels give each thread a chunk of image rows: 3 threads split these 14 rows inside
+    # images, where each chunk's windows reach into its neighbours' rows.
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        efficient, naive = _pair(16, bias=True)
+        _assert_trains_like(efficient, naive, torch.randn(2, 16, 7, 5).to(memory_format=torch.channels_last))
+    finally:
+        torch.set_num_threads(before)
+
+
 def _bf16_close(actual, expected, tolerance=0.03):
     """Within bf16 rounding of the fp32 reference: 8 bits of mantissa, ~0.4% per rounding,
     several roundings deep."""

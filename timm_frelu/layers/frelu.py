@@ -243,7 +243,7 @@ class _FReLUTrainFunction(torch.autograd.Function):
     residual ``shortcut`` only with a BN, as it is added in place to the BN's fresh output. For
     backward it keeps only ``x`` (and ``shortcut``), a one-byte mask of where the funnel won, and
     the BN batch statistics; the BN output, the sum and the depthwise conv are recomputed. On CPU,
-    for fp32 or bf16 channels_last input, all but the BN's backward runs in the fused kernels of
+    for fp32 or bf16 channels_last input, it all runs in the fused kernels of
     :mod:`timm_frelu.layers.cpu_kernels`, which never store the BN output or the sum; elsewhere
     in stock torch ops.
 
@@ -281,21 +281,23 @@ class _FReLUTrainFunction(torch.autograd.Function):
         has_norm = norm_weight is not None
         if ctx.fused:
             # The kernels' gradients are fp32; autograd casts them to a bf16 model's parameters.
-            norm_weight, norm_bias = _fp32(norm_weight), _fp32(norm_bias)
-            grad_act_input, grad_weight, grad_bias, grad_bn_weight, grad_bn_bias = cpu_kernels().backward(
-                grad_out.to(x.dtype), x, shortcut, norm_weight, norm_bias, norm_mean, norm_invstd, funnel_wins,
-                _fp32(weight), _fp32(bias), _fp32(bn_weight), batch_mean, batch_invstd)
+            (grad_act_input, grad_weight, grad_bias, grad_bn_weight, grad_bn_bias,
+             grad_x, grad_norm_weight, grad_norm_bias) = cpu_kernels().backward(
+                grad_out.to(x.dtype), x, shortcut, _fp32(norm_weight), _fp32(norm_bias), norm_mean, norm_invstd,
+                funnel_wins, _fp32(weight), _fp32(bias), _fp32(bn_weight), batch_mean, batch_invstd)
+            if not has_norm:
+                grad_x = grad_act_input
         else:
             needs_input_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or has_norm
             grad_act_input, grad_weight, grad_bias, grad_bn_weight, grad_bn_bias = _funnel_backward(
                 grad_out, x, shortcut, norm_weight, norm_bias, norm_mean, norm_invstd, funnel_wins,
                 weight, bias, bn_weight, batch_mean, batch_invstd, ctx.padding, ctx.eps,
                 needs_input_grad, ctx.needs_input_grad[4])
-        grad_x, grad_norm_weight, grad_norm_bias = grad_act_input, None, None
-        if has_norm:
-            grad_x, grad_norm_weight, grad_norm_bias = torch.ops.aten.native_batch_norm_backward(
-                grad_act_input, x, norm_weight, None, None, norm_mean, norm_invstd, True, ctx.norm_eps,
-                [ctx.needs_input_grad[0], True, True])
+            grad_x, grad_norm_weight, grad_norm_bias = grad_act_input, None, None
+            if has_norm:
+                grad_x, grad_norm_weight, grad_norm_bias = torch.ops.aten.native_batch_norm_backward(
+                    grad_act_input, x, norm_weight, None, None, norm_mean, norm_invstd, True, ctx.norm_eps,
+                    [ctx.needs_input_grad[0], True, True])
         grad_shortcut = grad_act_input if shortcut is not None and ctx.needs_input_grad[1] else None
         return (grad_x, grad_shortcut, grad_norm_weight, grad_norm_bias,
                 grad_weight, grad_bias, grad_bn_weight, grad_bn_bias, None, None, None)

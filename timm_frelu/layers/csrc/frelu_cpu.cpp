@@ -3,11 +3,11 @@
 // FReLU is y = max(a, BN(depthwise_conv(a))). With stock ops, training runs the depthwise conv,
 // BN's statistics and its output, the comparison and the max as separate passes over the
 // activation, and as many again in backward. Here forward is two passes (the conv's statistics,
-// then the BN'd condition, the max and the mask) and backward three (BN's gradient sums, the
-// conv's gradient with its weight gradient, then the input gradient). The depthwise conv is
-// cheap to recompute from the input rows around it, which are in cache, but a pass keeps it for
-// the next where an fp32 buffer of that size is at hand anyway: fp32 forward in its output,
-// backward in the buffer that then holds the conv's gradient.
+// then the BN'd condition, the max and the mask) and backward two (BN's gradient sums, then the
+// conv's gradient, made row by row and used at once for the weight gradient and, through the
+// transposed conv, the input gradient). The passes are bound by memory traffic, so the depthwise
+// conv is recomputed from the input rows around it, which are in cache, rather than stored: fp32
+// forward alone keeps it from one pass to the next, in its output, which it writes anyway.
 //
 // The unit of work is one image row, W * C contiguous floats in NHWC. A conv tap shifts a whole
 // row by whole pixels, so every inner loop runs over a contiguous span of a row, with
@@ -125,11 +125,15 @@ class RowWindow {
   // The rows are of `input`, of the activations' type T, made into fp32 rows of a by `transform`.
   template <typename T>
   RowWindow(const T* input, const Geometry& g, const InputTransform<T>& transform = {})
-      : make_row_([input, transform, L = g.row_length()](int64_t row, float* out) {
+      : RowWindow(g, [input, transform, L = g.row_length()](int64_t row, float* out) {
           make_row(input, transform, row, L, out);
-        }),
-        g_(g), padded_length_((g.W + 2 * g.P) * g.C), buffer_(g.K * padded_length_), key_of_slot_(g.K, kZeroRow),
-        slot_of_tap_row_(g.K) {}
+        }) {}
+
+  // The rows are computed by make_row(row, out), which writes W * C floats. Walking down, it is
+  // called once for each row the window takes in, in increasing order.
+  RowWindow(const Geometry& g, std::function<void(int64_t, float*)> make_row)
+      : make_row_(std::move(make_row)), g_(g), padded_length_((g.W + 2 * g.P) * g.C), buffer_(g.K * padded_length_),
+        key_of_slot_(g.K, kZeroRow), slot_of_tap_row_(g.K) {}
 
   void move_to(int64_t row) {
     const int64_t n = row / g_.H, h = row % g_.H;
@@ -358,17 +362,37 @@ void add_norm_grad_sums(const float* __restrict__ conv, const T* __restrict__ gr
   }
 }
 
-// conv_then_grad holds the conv output on entry and its gradient on return.
 template <typename T>
-void conv_grad(float* __restrict__ conv_then_grad, const T* __restrict__ grad, const uint8_t* __restrict__ wins,
+void conv_grad(const float* __restrict__ conv, const T* __restrict__ grad, const uint8_t* __restrict__ wins,
                const float* __restrict__ k, const float* __restrict__ offset, const float* __restrict__ slope,
-               float* __restrict__ sum_grad_conv, int64_t n) {
+               float* __restrict__ grad_conv, int64_t n) {
   for (int64_t t = 0; t < n; ++t) {
     const float grad_condition = wins[t] ? widen(grad[t]) : 0.f;
-    const float grad_conv = k[t] * grad_condition + offset[t] + slope[t] * conv_then_grad[t];
-    conv_then_grad[t] = grad_conv;
-    sum_grad_conv[t] += grad_conv;
+    grad_conv[t] = k[t] * grad_condition + offset[t] + slope[t] * conv[t];
   }
+}
+
+void add_row(const float* __restrict__ values, float* __restrict__ sum, int64_t n) {
+  for (int64_t t = 0; t < n; ++t) sum[t] += values[t];
+}
+
+// The gradient sums of the BN before FReLU: of the gradient of its output, and of that gradient
+// times its input.
+template <typename T>
+void add_grad_sums(const T* __restrict__ grad, const T* __restrict__ input, float* __restrict__ sum_grad,
+                   float* __restrict__ sum_grad_input, int64_t n) {
+  for (int64_t t = 0; t < n; ++t) {
+    const float g = widen(grad[t]);
+    sum_grad[t] += g;
+    sum_grad_input[t] += g * widen(input[t]);
+  }
+}
+
+// A BN's input gradient, k * grad + slope * input + offset. out may be grad itself.
+template <typename T>
+void batch_norm_input_grad(const T* grad, const T* __restrict__ input, const float* __restrict__ k,
+                           const float* __restrict__ slope, const float* __restrict__ offset, T* out, int64_t n) {
+  for (int64_t t = 0; t < n; ++t) out[t] = narrow<T>(k[t] * widen(grad[t]) + slope[t] * widen(input[t]) + offset[t]);
 }
 
 // The input's gradient: the transposed conv's part, plus grad where the input won the max.
@@ -571,6 +595,27 @@ TiledAffine batch_norm_affine(const T& mean, const T& invstd, const float* weigh
   return {tile(scale, g), tile(shift, g)};
 }
 
+// A training-mode BN's backward as grad_input = k * grad_output + slope * input + offset per
+// channel, tiled over a row: k * (grad - mean(grad) - normed * mean(grad * normed)) with normed =
+// (input - mean) * invstd, from the sums of grad (the BN bias's gradient) and of grad * normed
+// (its weight's).
+struct BatchNormGrad {
+  Floats k, slope, offset;
+};
+
+template <typename T>
+BatchNormGrad batch_norm_grad(const float* weight, const T& mean, const T& invstd, const Doubles& sum_grad,
+                              const Doubles& sum_grad_normed, const Geometry& g) {
+  const double count = static_cast<double>(g.count());
+  Doubles k(g.C), slope(g.C), offset(g.C);
+  for (int64_t c = 0; c < g.C; ++c) {
+    k[c] = static_cast<double>(weight[c]) * invstd[c];
+    slope[c] = -k[c] * sum_grad_normed[c] / count * invstd[c];
+    offset[c] = -k[c] * sum_grad[c] / count - slope[c] * mean[c];
+  }
+  return {tile(k, g), tile(slope, g), tile(offset, g)};
+}
+
 // The BN before FReLU, given as `affine`, and the residual add after it, as an InputTransform.
 template <typename T>
 InputTransform<T> norm_transform(const TiledAffine& affine, const c10::optional<at::Tensor>& shortcut, const Geometry& g) {
@@ -683,8 +728,10 @@ at::Tensor inference_of(const at::Tensor& x, const at::Tensor& weight, const c10
   return out;
 }
 
-// The gradients of forward's a (not x: `norm`'s backward is left to the caller), of the depthwise
-// weight, its bias (undefined without one), and of the funnel BN's weight and bias.
+// The gradients of forward's a (the shortcut's too), of the depthwise weight, its bias (undefined
+// without one), and of the funnel BN's weight and bias; then, with `norm`, the gradients of x and
+// of norm's weight and bias (else undefined). Without a shortcut, x's gradient is made in a's
+// tensor, which then holds it.
 template <typename T>
 std::vector<at::Tensor> backward_of(const at::Tensor& grad_out_any, const at::Tensor& x,
                                     const c10::optional<at::Tensor>& shortcut,
@@ -710,15 +757,12 @@ std::vector<at::Tensor> backward_of(const at::Tensor& grad_out_any, const at::Te
   const T* grad_data = grad_out.data_ptr<T>();
   const uint8_t* mask_data = mask.data_ptr<uint8_t>();
   at::Tensor grad_input = at::empty_like(x);
-  // fp32 whatever the activations' type: it is summed into the weight's gradient and convolved
-  // again, and lives only within this call.
-  at::Tensor grad_conv = at::empty_like(x, x.options().dtype(at::kFloat));
   T* grad_input_data = grad_input.data_ptr<T>();
-  float* grad_conv_data = grad_conv.data_ptr<float>();
 
   InputTransform<T> transform;
   TiledAffine norm_affine;
-  if (norm_weight.has_value() && norm_weight->defined()) {
+  const bool has_norm = norm_weight.has_value() && norm_weight->defined();
+  if (has_norm) {
     TORCH_CHECK(norm_bias.has_value() && norm_mean.has_value() && norm_invstd.has_value(),
                 "FReLU CPU kernel: the BN before FReLU needs its bias and batch statistics");
     norm_affine = batch_norm_affine(channel_data(*norm_mean, g), channel_data(*norm_invstd, g),
@@ -726,60 +770,92 @@ std::vector<at::Tensor> backward_of(const at::Tensor& grad_out_any, const at::Te
     transform = norm_transform<T>(norm_affine, shortcut, g);
   }
 
-  Doubles grad_bn_weight(C), grad_bn_bias(C), grad_weight(KK * C), grad_bias;
+  Doubles grad_bn_weight(C), grad_bn_bias(C), grad_weight(KK * C), grad_bias, grad_norm_weight, grad_norm_bias;
+  at::Tensor grad_x;
   with_channel_block(g.C, [&](auto block) {
     constexpr int B = decltype(block)::value;
     // BN's gradient sums: of the condition's gradient (grad_out where the funnel won), and of
-    // its product with the normalised conv output. The conv output is kept in grad_conv's
-    // buffer, where the next pass turns it into its gradient instead of computing it again.
-    const Doubles sums = sum_each_row(in.x, transform, g, 2 * L, [&](const RowWindow& window, int64_t r, float*,
+    // its product with the normalised conv output.
+    const Doubles sums = sum_each_row(in.x, transform, g, 2 * L, [&](const RowWindow& window, int64_t r, float* conv,
                                                                        float* partial) {
-      float* conv = grad_conv_data + r * L;
       conv_row<B>(window, taps, in.bias, g, conv);
       add_norm_grad_sums(conv, grad_data + r * L, mask_data + r * L, mean_tiled.data(), invstd_tiled.data(), partial,
                          partial + L, L);
     });
     grad_bn_bias = fold_row(sums.data(), g);
     grad_bn_weight = fold_row(sums.data() + L, g);
-    // BN backward: grad_conv = k * (grad_condition - mean(grad_condition) - normed * mean(grad_condition * normed))
-    // with normed = (conv - mean) * invstd, rewritten as k * grad_condition + offset + slope * conv.
-    const double count = static_cast<double>(g.count());
-    const float* gamma = channel_data(bn_weight, g);
-    Doubles k(C), slope(C), offset(C);
-    for (int64_t c = 0; c < C; ++c) {
-      k[c] = static_cast<double>(gamma[c]) * invstd_data[c];
-      slope[c] = -k[c] * grad_bn_weight[c] / count * invstd_data[c];
-      offset[c] = -k[c] * grad_bn_bias[c] / count - slope[c] * mean_data[c];
+    const BatchNormGrad funnel_bn_grad = batch_norm_grad(channel_data(bn_weight, g), mean_data, invstd_data,
+                                                         grad_bn_bias, grad_bn_weight, g);
+
+    // The input's gradient, the transposed conv of the conv output's gradient plus grad_out where
+    // the input won, and the depthwise weight's gradient, the conv output's gradient times the
+    // input rows it came from. The conv output's gradient is never stored: each chunk of rows
+    // makes its rows (the conv again, from the input) as the transposed conv's window takes them
+    // in, and the P rows beyond either end of the chunk as well, which only the window uses.
+    // With the BN before FReLU, its gradient sums too, from the input's gradient rows as they are made.
+    const int64_t width = KK * C + L + (has_norm ? 2 * L : 0);
+    const Doubles weight_sums = sum_over_row_chunks(g, width, [&](int64_t r0, int64_t r1, double* total) {
+      RowWindow input_window(in.x, g, transform);
+      CacheAlignedFloats conv(L), through_conv(L);
+      float* partial = nullptr;
+      RowWindow grad_conv_window(g, [&](int64_t q, float* grad_conv) {
+        input_window.move_to(q);
+        conv_row<B>(input_window, taps, in.bias, g, conv.data());
+        conv_grad(conv.data(), grad_data + q * L, mask_data + q * L, funnel_bn_grad.k.data(),
+                  funnel_bn_grad.offset.data(), funnel_bn_grad.slope.data(), grad_conv, L);
+        if (q < r0 || q >= r1) return;  // the chunk beside sums its own rows
+        add_tap_products<B>(input_window, grad_conv, g, partial);
+        if (in.bias) add_row(grad_conv, partial + KK * C, L);
+      });
+      sum_rows(r0, r1, width, total, [&](int64_t r, float* row_partial) {
+        partial = row_partial;
+        grad_conv_window.move_to(r);
+        conv_row<B>(grad_conv_window, flipped.data(), nullptr, g, through_conv.data());
+        input_grad(through_conv.data(), grad_data + r * L, mask_data + r * L, grad_input_data + r * L, L);
+        if (has_norm) {
+          float* norm_sums = row_partial + KK * C + L;
+          add_grad_sums(grad_input_data + r * L, in.x + r * L, norm_sums, norm_sums + L, L);
+        }
+      });
+    });
+    std::copy(weight_sums.begin(), weight_sums.begin() + KK * C, grad_weight.begin());
+    if (in.bias) grad_bias = fold_row(weight_sums.data() + KK * C, g);
+    if (has_norm) {
+      grad_norm_bias = fold_row(weight_sums.data() + KK * C + L, g);
+      grad_norm_weight = fold_row(weight_sums.data() + KK * C + 2 * L, g);
     }
-    const Floats k_tiled = tile(k, g), slope_tiled = tile(slope, g), offset_tiled = tile(offset, g);
-
-    // The conv output's gradient, stored for the input gradient's pass; with the input rows it
-    // came from, it makes the depthwise weight's gradient.
-    const Doubles weight_sums = sum_each_row(in.x, transform, g, L + KK * C, [&](const RowWindow& window, int64_t r,
-                                                                                   float*, float* partial) {
-      float* gc = grad_conv_data + r * L;
-      conv_grad(gc, grad_data + r * L, mask_data + r * L, k_tiled.data(), offset_tiled.data(), slope_tiled.data(),
-                partial, L);
-      add_tap_products<B>(window, gc, g, partial + L);
-    });
-    std::copy(weight_sums.begin() + L, weight_sums.end(), grad_weight.begin());
-    if (in.bias) grad_bias = fold_row(weight_sums.data(), g);
-
-    // The input's gradient: the transposed conv of grad_conv, plus grad_out where the input won.
-    const float* grad_conv_const = grad_conv_data;
-    for_each_row(grad_conv_const, InputTransform<float>{}, g, [&](const RowWindow& window, int64_t r, float* through_conv) {
-      conv_row<B>(window, flipped.data(), nullptr, g, through_conv);
-      input_grad(through_conv, grad_data + r * L, mask_data + r * L, grad_input_data + r * L, L);
-    });
   });
+  if (has_norm) {
+    // The sums above are of grad * x; the BN's weight gradient is the sum of grad * normed x.
+    const float* norm_mean_data = channel_data(*norm_mean, g);
+    const float* norm_invstd_data = channel_data(*norm_invstd, g);
+    for (int64_t c = 0; c < C; ++c) {
+      grad_norm_weight[c] = norm_invstd_data[c] * (grad_norm_weight[c] - norm_mean_data[c] * grad_norm_bias[c]);
+    }
+    const BatchNormGrad norm_grad = batch_norm_grad(channel_data(*norm_weight, g), norm_mean_data, norm_invstd_data,
+                                                    grad_norm_bias, grad_norm_weight, g);
+    // The gradient of a is the shortcut's too; without a shortcut, x's takes its place.
+    grad_x = transform.shortcut ? at::empty_like(x) : grad_input;
+    T* grad_x_data = grad_x.data_ptr<T>();
+    at::parallel_for(0, g.rows(), kRowGrain, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        batch_norm_input_grad(grad_input_data + r * L, in.x + r * L, norm_grad.k.data(), norm_grad.slope.data(),
+                              norm_grad.offset.data(), grad_x_data + r * L, L);
+      }
+    });
+  }
   // grad_weight is tap-major [K * K][C]; the weight is [C, 1, K, K].
   at::Tensor grad_weight_tensor = at::empty(weight.sizes(), at::kFloat);
   float* gw = grad_weight_tensor.data_ptr<float>();
   for (int64_t c = 0; c < C; ++c) {
     for (int64_t t = 0; t < KK; ++t) gw[c * KK + t] = static_cast<float>(grad_weight[t * C + c]);
   }
-  return {grad_input, grad_weight_tensor, in.bias ? to_tensor(grad_bias) : at::Tensor(),
-          to_tensor(grad_bn_weight), to_tensor(grad_bn_bias)};
+  if (!has_norm) {
+    return {grad_input, grad_weight_tensor, in.bias ? to_tensor(grad_bias) : at::Tensor(), to_tensor(grad_bn_weight),
+            to_tensor(grad_bn_bias), {}, {}, {}};
+  }
+  return {grad_input, grad_weight_tensor, in.bias ? to_tensor(grad_bias) : at::Tensor(), to_tensor(grad_bn_weight),
+          to_tensor(grad_bn_bias), grad_x, to_tensor(grad_norm_weight), to_tensor(grad_norm_bias)};
 }
 
 // Calls f with a value of the activations' C++ type, float or BFloat16, as x's dtype says.
@@ -821,5 +897,5 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out, const at::Tensor& x
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "FReLU training forward (CPU, fp32 or bf16, channels_last), with the BN before it optional");
   m.def("inference", &inference, "FReLU with its BN folded, for inference (CPU, fp32 or bf16, channels_last)");
-  m.def("backward", &backward, "FReLU training backward (CPU, fp32 or bf16, channels_last), up to the BN before it");
+  m.def("backward", &backward, "FReLU training backward (CPU, fp32 or bf16, channels_last), with the BN before it optional");
 }
