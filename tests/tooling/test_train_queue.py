@@ -10,6 +10,7 @@ import yaml
 from conftest import kill_when, make_image_folder
 
 from timm_frelu.cli import main as cli_main
+from timm_frelu.training.queue import run_lock
 
 # End to end: training runs in subprocesses. `pytest -m 'not slow'` leaves them out.
 pytestmark = pytest.mark.slow
@@ -135,6 +136,27 @@ def test_a_snapshot_names_a_finished_run_that_a_fresh_checkout_would_train_again
     assert 'first: finished, but its queue entry has no published: folder' in out
     assert 'timm-frelu publish ' in out and '--name resnet20_relu.<tag>' in out
     assert 'second:' not in out
+
+
+def test_status_says_what_is_published_and_what_is_training_without_training(queue_file, tmp_path, capsys):
+    published = _publish_first_run_with_an_unfinished_copy(queue_file, tmp_path, tmp_path / 'elsewhere')
+    spec = yaml.safe_load(queue_file.read_text())
+    spec['runs'] += [dict(experiment='second', args=dict(model='resnet20_frelu', seed=1)),
+                     dict(experiment='third', args=dict(model='resnet20_frelu', seed=2))]
+    queue_file.write_text(yaml.safe_dump(spec))
+    runs = tmp_path / 'runs'
+    shutil.copytree(tmp_path / 'elsewhere', runs / 'second')
+
+    assert cli_main(['train-queue', str(queue_file), '--status']) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f'first: published in {published}',
+        f'second: 1 of {EPOCHS} epochs done in {runs / "second"}, not training now: run the queue to go on',
+        'third: not started']
+    with run_lock(runs, 'second'):  # a worker training it
+        assert cli_main(['train-queue', str(queue_file), '--status']) == 0
+    assert f'second: 1 of {EPOCHS} epochs done in {runs / "second"}, training now' in capsys.readouterr().out
+    assert (runs / 'second' / 'last.pth.tar').read_bytes() == b'stopped after epoch 0'
+    assert not (runs / 'third').exists()
 
 
 def _publish_first_run_with_an_unfinished_copy(queue_file, tmp_path, unfinished):

@@ -321,6 +321,28 @@ def run_lock(output: Path, experiment: str) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def queue_status(spec: Dict[str, Any], output: Path) -> Dict[str, str]:
+    """Where each run stands, read from its published folder and its run folder on this machine;
+    nothing is trained or written."""
+    states = {}
+    for run in spec['runs']:
+        experiment, epochs = run['experiment'], run_args(spec, run, output).epochs
+        run_dir, published = output / experiment, _published(run)
+        state = run_state(run_dir, epochs, published)
+        if published is not None and epochs_done(published) >= epochs:
+            states[experiment] = f'published in {published}'
+        elif state == 'done':
+            states[experiment] = f'finished in {run_dir}, not published'
+        elif state == 'new':
+            states[experiment] = 'not started'
+        else:
+            done = epochs_done(run_dir) if state == 'resume' else epochs_of_weights(run_dir / RESTART_WEIGHTS)
+            with run_lock(output, experiment) as held:
+                worker = 'not training now: run the queue to go on' if held else 'training now'
+            states[experiment] = f'{done} of {epochs} epochs done in {run_dir}, {worker}'
+    return states
+
+
 def run_queue(spec: Dict[str, Any], output: Optional[Path] = None) -> Dict[str, str]:
     """Train every run that is not done and not locked by another worker; returns each run's
     state as this worker left it (done, or taken by another worker)."""
@@ -360,11 +382,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                              '(the default for checkpoints over 16 MiB)')
     parser.add_argument('--restore', metavar='DIR', default=None,
                         help='first copy back the snapshots in DIR that are further along than their run folders')
+    parser.add_argument('--status', action='store_true',
+                        help='say which runs are published, which are training and how far, and exit (no training)')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     spec = load_queue(Path(args.queue))
     output = queue_output(spec, args.output)
-    if args.snapshot:
+    if args.status:
+        states = queue_status(spec, output)
+    elif args.snapshot:
         states = snapshot_queue(spec, output, Path(args.snapshot), lean=args.lean)
     else:
         if args.restore:
