@@ -322,8 +322,9 @@ def run_lock(output: Path, experiment: str) -> Iterator[bool]:
 
 
 def queue_status(spec: Dict[str, Any], output: Path) -> Dict[str, str]:
-    """Where each run stands, read from its published folder and its run folder on this machine;
-    nothing is trained or written."""
+    """Where each run stands, read from its published folder and its run folder on this machine.
+    Nothing is trained or changed: the one file it may write is the empty lock file of a run
+    folder that has none, to ask whether a worker holds the run."""
     states = {}
     for run in spec['runs']:
         experiment, epochs = run['experiment'], run_args(spec, run, output).epochs
