@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 import timm
 from conftest import HUB_TOKEN, LOAD_SCRIPT, REPO, model_outputs, run_python, same_outputs
-from huggingface_hub import HfApi
+from huggingface_hub import HfApi, ModelCard
 from safetensors.torch import load_file
 
 from timm_frelu.fileio import file_sha256
 from timm_frelu.pretrained import load_manifest
 from timm_frelu.publishing import push
 from timm_frelu.publishing.manifest import build_manifest
+from timm_frelu.publishing.provenance import describe_test_data
 from timm_frelu.publishing.push import REQUIRED_FILES
 from timm_frelu.training.main_job import DEFAULT_MODEL, default_tag
 from timm_frelu.training.validate import parser as validate_parser
@@ -63,6 +64,14 @@ def test_folder_is_complete_and_its_hash_matches(folder):
     card = (folder / 'README.md').read_text()
     for evaluation in results['evaluations']:
         assert f"{evaluation['top1']:.2f}" in card
+
+
+@shipped
+def test_card_metadata_gives_each_test_sets_top1_under_that_test_sets_name(folder):
+    # Read back as the Hub reads a card's model-index.
+    filed = sorted((r.dataset_name, r.metric_value) for r in ModelCard.load(folder / 'README.md').data.eval_results)
+    evaluations = [e for e in _results(folder)['evaluations'] if not e.get('tta_flip')]
+    assert filed == sorted((describe_test_data(e['data']), round(e['top1'], 2)) for e in evaluations)
 
 
 @shipped

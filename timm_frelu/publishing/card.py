@@ -14,7 +14,7 @@ from ..models import ACTS
 from ..pretrained import ZooName, hub_repo_id
 from ..pretrained.datasets import CIFAR_NUM_CLASSES
 from ..studies.summary import model_summary
-from .provenance import dataset_id, describe_test_data, describe_training_data, reproduce_command
+from .provenance import dataset_id, describe_test_data, describe_training_data, hub_split, reproduce_command
 
 LEARNING_CURVE_FILENAME = 'learning_curve.png'
 
@@ -81,7 +81,7 @@ def render_card(name_tag: str, results: Dict[str, Any], run_args: Dict[str, Any]
         eval_results=[
             # The data in words: the Hub's config field names a load_dataset config, not one of our folders.
             EvalResult(task_type='image-classification', dataset_type=dataset_id(r['data']['dataset']) or 'imagefolder',
-                       dataset_name=describe_test_data(r['data']), dataset_split=r['data']['split'],
+                       dataset_name=describe_test_data(r['data']), dataset_split=hub_split(r['data']),
                        metric_type='accuracy', metric_name='top-1 accuracy', metric_value=round(r['top1'], 2))
             for r in plain
         ],

@@ -20,6 +20,10 @@ TRAINING_DATASETS = {
     'torch/cifar10': ('uoft-cs/cifar10', 'the official CIFAR-10 training set (torchvision)'),
     'torch/cifar100': ('uoft-cs/cifar100', 'the official CIFAR-100 training set (torchvision)'),
 }
+# The part of the Hub dataset's split that a test folder holds, in `datasets`' slice notation. A
+# model-index groups results by dataset and split, so without it the 1,000 original test images'
+# top-1 would be filed under the JPEG test set's name.
+HUB_SPLIT_SLICES = {('shared/cifar10-lossless', 'test'): 'test[:1000]'}
 
 
 def portable_source(source: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
@@ -90,6 +94,11 @@ def describe_training_data(run_args: Dict[str, Any]) -> str:
 def dataset_id(dataset: Optional[str]) -> Optional[str]:
     """The Hub dataset id (``uoft-cs/cifar10``) of one of the project's dataset names, when it is a known one."""
     return TRAINING_DATASETS.get(dataset, (None, None))[0]
+
+
+def hub_split(data: Dict[str, Any]) -> str:
+    """The Hub split (or the slice of one) that a test data record is: ``test[:1000]``, ``test``."""
+    return HUB_SPLIT_SLICES.get((data.get('dataset'), data.get('split')), data.get('split'))
 
 
 def describe_test_data(data: Dict[str, Any]) -> str:
