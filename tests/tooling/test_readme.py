@@ -6,6 +6,7 @@ from conftest import REPO
 from timm_frelu.cli import main
 from timm_frelu.publishing.readme import replace_section
 from timm_frelu.studies.summary import MODEL_TABLE, WEIGHTS_TABLE, model_table, weights_table
+from timm_frelu.training.queue import load_queue, queue_output, readme_section, readme_section_name
 
 README = REPO / 'README.md'
 MODELS_DOC = REPO / 'docs' / 'models.md'
@@ -24,6 +25,15 @@ def test_the_readmes_weights_table_is_current_and_lists_every_published_weight()
         'README.md weights table is stale: run `timm-frelu weights --update-readme README.md`')
     from timm_frelu.pretrained import published_weights
     assert all(f"`'{w.name_tag}'`" in text for w in published_weights())
+
+
+def test_the_readmes_list_of_the_study_queue_is_current(monkeypatch):
+    monkeypatch.chdir(REPO)  # the queue's paths are the checkout's
+    queue = Path('zoo_configs/queues/cpu_study_cifar10.yaml')
+    spec = load_queue(queue)
+    text = README.read_text()
+    assert replace_section(text, readme_section_name(queue), readme_section(spec, queue_output(spec))) == text, (
+        f'README.md list of the study queue is stale: run `timm-frelu train-queue {queue} --update-readme README.md`')
 
 
 def test_the_readme_is_a_front_door():

@@ -159,6 +159,32 @@ def test_status_says_what_is_published_and_what_is_training_without_training(que
     assert not (runs / 'third').exists()
 
 
+def test_the_readme_lists_the_published_runs_then_the_rest_in_order_without_training(queue_file, tmp_path, capsys,
+                                                                                      monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where the publish entry's checkpoints/ folder is
+    _publish_first_run_with_an_unfinished_copy(queue_file, tmp_path, tmp_path / 'elsewhere')
+    spec = yaml.safe_load(queue_file.read_text())
+    spec['runs'].append(dict(experiment='second', args=dict(model='resnet20_frelu', seed=1),
+                             publish=dict(name='resnet20_frelu.q3_cifar10')))
+    queue_file.write_text(yaml.safe_dump(spec))
+    readme = tmp_path / 'README.md'
+    readme.write_text('# Zoo\n<!-- queue-runs:start -->\n<!-- queue-runs:end -->\nMore.\n')
+
+    assert cli_main(['train-queue', str(queue_file), '--update-readme', str(readme)]) == 0
+    assert readme.read_text().splitlines()[2:4] == [
+        '- Published: `first`.', '- Not yet published, in the order the queue trains them: `resnet20_frelu.q3_cifar10`.']
+    shutil.copytree(tmp_path / 'checkpoints' / 'first', tmp_path / 'checkpoints' / 'resnet20_frelu.q3_cifar10')
+    assert cli_main(['train-queue', str(queue_file), '--update-readme', str(readme)]) == 0
+    assert readme.read_text() == ('# Zoo\n<!-- queue-runs:start -->\n- Published: `first`, `resnet20_frelu.q3_cifar10`.\n'
+                                  '- All 2 runs are published.\n<!-- queue-runs:end -->\nMore.\n')
+    assert not (tmp_path / 'runs').exists()
+    capsys.readouterr()
+    # A README without the markers says where they go, and is left as it was.
+    (tmp_path / 'OTHER.md').write_text('# Other\n')
+    assert cli_main(['train-queue', str(queue_file), '--update-readme', str(tmp_path / 'OTHER.md')]) == 2
+    assert '<!-- queue-runs:start -->' in capsys.readouterr().err and (tmp_path / 'OTHER.md').read_text() == '# Other\n'
+
+
 def _publish_first_run_with_an_unfinished_copy(queue_file, tmp_path, unfinished):
     """Queue only the first run, published with every epoch; ``unfinished`` holds an older copy of
     it that stopped after epoch 0 (a snapshot, or a run folder on this machine)."""

@@ -344,6 +344,25 @@ def queue_status(spec: Dict[str, Any], output: Path) -> Dict[str, str]:
     return states
 
 
+def readme_section(spec: Dict[str, Any], output: Path) -> str:
+    """The queue in a README: its published runs, then the rest in the order it trains them. Read
+    from the published folders alone, which the repository holds, so every checkout writes the same."""
+    published, pending = [], []
+    for run in spec['runs']:
+        folder = _published(run)
+        done = folder is not None and epochs_done(folder) >= run_args(spec, run, output).epochs
+        (published if done else pending).append(f'`{folder.name if folder is not None else run["experiment"]}`')
+    lines = [f"- Published: {', '.join(published) or 'none yet'}."]
+    lines.append(f"- Not yet published, in the order the queue trains them: {', '.join(pending)}." if pending
+                 else f'- All {len(published)} runs are published.')
+    return '\n'.join(lines)
+
+
+def readme_section_name(queue: Path) -> str:
+    """The markers of a queue's README section: ``<!-- cpu_study_cifar10-runs:start -->``."""
+    return f'{Path(queue).stem}-runs'
+
+
 def run_queue(spec: Dict[str, Any], output: Optional[Path] = None) -> Dict[str, str]:
     """Train every run that is not done and not locked by another worker; returns each run's
     state as this worker left it (done, or taken by another worker)."""
@@ -385,10 +404,18 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help='first copy back the snapshots in DIR that are further along than their run folders')
     parser.add_argument('--status', action='store_true',
                         help='say which runs are published, which are training and how far, and exit (no training)')
+    parser.add_argument('--update-readme', metavar='README', default=None,
+                        help="rewrite this README's list of the queue's published and unpublished runs, between "
+                             'its <!-- QUEUE-runs:start --> and <!-- QUEUE-runs:end --> lines, and exit (no training)')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     spec = load_queue(Path(args.queue))
     output = queue_output(spec, args.output)
+    if args.update_readme:
+        from ..publishing.readme import update_section
+        changed = update_section(Path(args.update_readme), readme_section_name(Path(args.queue)), readme_section(spec, output))
+        print(f"{args.update_readme}: the queue's runs {'updated' if changed else 'already current'}")
+        return 0
     if args.status:
         states = queue_status(spec, output)
     elif args.snapshot:
