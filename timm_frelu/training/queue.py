@@ -238,7 +238,7 @@ def restore_queue(spec: Dict[str, Any], output: Path, keep: Path) -> Dict[str, s
         if not (kept / LAST_CHECKPOINT).is_file() and not (kept / LEAN_WEIGHTS).is_file():
             continue
         published = _published(run)
-        if published is not None and epochs_done(published) >= run_args(spec, run, output).epochs:
+        if _published_in_full(run, run_args(spec, run, output).epochs):
             # A snapshot left from before the run was published would make the queue train it again.
             states[experiment] = f'not restored: published in {published}; its snapshot is stale'
             continue
@@ -286,6 +286,12 @@ def _published(run: Dict[str, Any]) -> Optional[Path]:
     return None
 
 
+def _published_in_full(run: Dict[str, Any], epochs: int) -> bool:
+    """Whether the run's published folder records every one of its epochs: the run is done everywhere."""
+    published = _published(run)
+    return published is not None and epochs_done(published) >= epochs
+
+
 def publish_finished_run(run: Dict[str, Any], run_dir: Path, args: argparse.Namespace) -> Optional[Path]:
     """Publish a finished run as its ``publish`` entry says, unless its folder already records
     every epoch; returns the folder published into (None for a run without the entry)."""
@@ -330,7 +336,7 @@ def queue_status(spec: Dict[str, Any], output: Path) -> Dict[str, str]:
         experiment, epochs = run['experiment'], run_args(spec, run, output).epochs
         run_dir, published = output / experiment, _published(run)
         state = run_state(run_dir, epochs, published)
-        if published is not None and epochs_done(published) >= epochs:
+        if _published_in_full(run, epochs):
             states[experiment] = f'published in {published}'
         elif state == 'done':
             states[experiment] = f'finished in {run_dir}, not published'
@@ -350,7 +356,7 @@ def readme_section(spec: Dict[str, Any], output: Path) -> str:
     published, pending = [], []
     for run in spec['runs']:
         folder = _published(run)
-        done = folder is not None and epochs_done(folder) >= run_args(spec, run, output).epochs
+        done = _published_in_full(run, run_args(spec, run, output).epochs)
         (published if done else pending).append(f'`{folder.name if folder is not None else run["experiment"]}`')
     lines = [f"- Published: {', '.join(published) or 'none yet'}."]
     lines.append(f"- Not yet published, in the order the queue trains them: {', '.join(pending)}." if pending
