@@ -1,13 +1,17 @@
-"""Lean snapshots: a big run's weights alone, int8, to commit, and the run continued from them."""
+"""Lean snapshots: a big run's weights alone, rounded to 4 bits, to commit, and the run continued from them."""
 import csv
+import os
+import subprocess
 
+import pytest
 import timm
 import torch
 import yaml
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
-from timm_frelu.training.queue import (LEAN_WEIGHTS, RESTART_WEIGHTS, read_lean_snapshot, restore_queue, run_state,
-                                       snapshot_queue, write_lean_snapshot)
+from timm_frelu.training.lean_weights import round_weights, unround_weights
+from timm_frelu.training.queue import (LEAN_WEIGHTS, RESTART_WEIGHTS, QueueError, load_queue, read_lean_snapshot,
+                                       restore_queue, run_state, snapshot_queue, write_lean_snapshot)
 
 EPOCHS = 9
 
@@ -27,25 +31,64 @@ def _fake_run(run_dir, model, epochs_done):
         writer.writerows([e, 2.0 - e / 10] for e in range(epochs_done))
 
 
-def test_a_lean_snapshot_keeps_the_weights_within_int8_rounding_at_a_quarter_of_fp32(tmp_path):
-    model = timm.create_model('resnet18_relu')
+def _grid_steps(tensor, group=64):
+    """The 4-bit grid step of each value's group: groups of ``group`` within an output channel."""
+    rows = tensor.flatten(1)
+    size = min(group, rows.shape[1])
+    steps = torch.zeros_like(rows)
+    for start in range(0, rows.shape[1], size):
+        steps[:, start:start + size] = rows[:, start:start + size].abs().amax(dim=1, keepdim=True) / 7
+    return steps.view(tensor.shape)
+
+
+def test_a_lean_snapshot_keeps_the_weights_within_4_bit_rounding_at_under_a_seventh_of_fp32(tmp_path):
+    model = timm.create_model('resnet18_frelu')  # FReLU's depthwise kernels: 9 weights a channel
     _fake_run(tmp_path / 'run', model, epochs_done=4)
     size = write_lean_snapshot(tmp_path / 'run', tmp_path / 'kept')
     weights, done = read_lean_snapshot(tmp_path / 'kept' / LEAN_WEIGHTS)
     assert done == 4
     fp32_bytes = sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
-    assert size < 0.27 * fp32_bytes
+    assert size < fp32_bytes / 7
     for name, expected in model.state_dict().items():
         restored = weights[name]
         assert restored.shape == expected.shape and restored.dtype == expected.dtype, name
         if expected.dim() > 1:
-            # Half a step of the channel's int8 grid at most.
-            step = expected.flatten(1).abs().amax(dim=1) / 127
-            assert ((restored - expected).flatten(1).abs() <= step[:, None] / 2 + 1e-7).all(), name
+            # Half a step of the group's grid, and the bf16 rounding of that step.
+            assert ((restored - expected).abs() <= _grid_steps(expected) * (0.5 + 2 ** -7) + 1e-12).all(), name
         else:
             assert torch.equal(restored, expected), name  # BN statistics, biases, counters: as they were
     assert not (tmp_path / 'kept' / 'last.pth.tar').exists()
     assert (tmp_path / 'kept' / 'summary.csv').read_text() == (tmp_path / 'run' / 'summary.csv').read_text()
+
+
+def test_rounding_groups_stay_within_an_output_channel():
+    # Channel 1's weights are 1000x channel 0's: a group spanning both would round channel 0 to zero.
+    weight = torch.cat([torch.linspace(-1e-3, 1e-3, 9), torch.linspace(-1.0, 1.0, 9)]).view(2, 1, 3, 3)
+    for bits in (4, 8):
+        restored = unround_weights(*round_weights({'w': weight}, bits=bits))['w']
+        relative = (restored - weight).abs().amax(dim=(1, 2, 3)) / weight.abs().amax(dim=(1, 2, 3))
+        assert (relative <= 0.5 / (2 ** (bits - 1) - 1) * (1 + 2 ** -7)).all(), bits
+
+
+def test_channels_that_end_in_a_partial_group_come_back_whole_and_savable(tmp_path):
+    # ResNet-20's 3x3 convolutions have 144 or 288 weights a channel: groups of 64 leave a partial one.
+    weight = torch.randn(16, 16, 3, 3).contiguous(memory_format=torch.channels_last)
+    for bits in (4, 8):
+        restored = unround_weights(*round_weights({'w': weight}, bits=bits))['w']
+        step = _grid_steps(weight) / (1 if bits == 4 else 127 / 7)
+        assert ((restored - weight).abs() <= step * (0.5 + 2 ** -7) + 1e-12).all(), bits
+        save_file({'w': restored}, tmp_path / f'{bits}.safetensors')  # as the restart weights are written
+
+
+def test_a_snapshot_in_another_format_is_refused_with_the_fix(tmp_path):
+    spec, keep, runs = _queue(tmp_path), tmp_path / 'keep', tmp_path / 'runs'
+    _fake_run(runs / 'big', timm.create_model('resnet18_relu'), epochs_done=4)
+    snapshot_queue(spec, runs, keep, lean=True)
+    weights = load_file(keep / 'big' / LEAN_WEIGHTS)
+    save_file(weights, keep / 'big' / LEAN_WEIGHTS, metadata={'epochs_done': '4', 'format': 'int8 per output channel'})
+    with pytest.raises(QueueError, match='snapshot the run again with this version'):
+        restore_queue(spec, tmp_path / 'fresh', keep)
+    assert not (tmp_path / 'fresh' / 'big').exists()
 
 
 def _queue(tmp_path):
@@ -93,3 +136,39 @@ def test_a_full_snapshot_is_kept_for_a_small_checkpoint(tmp_path):
     _fake_run(runs / 'big', timm.create_model('resnet20_relu'), epochs_done=1)
     assert snapshot_queue(spec, runs, keep)['big'] == 'snapshot kept, 1 of 9 epochs done'
     assert (keep / 'big' / 'last.pth.tar').is_file() and not (keep / 'big' / LEAN_WEIGHTS).exists()
+
+
+def _git(repo, *args):
+    subprocess.run(['git', '-c', 'user.name=test', '-c', 'user.email=test@example.com', *args], cwd=repo, check=True,
+                   capture_output=True)
+
+
+def test_a_lean_snapshot_past_the_queues_git_history_budget_is_not_written(tmp_path):
+    repo, runs = tmp_path / 'repo', tmp_path / 'runs'
+    keep = repo / 'checkpoints' / 'in-progress'
+    spec = _queue(tmp_path)
+    # An earlier run's snapshot, committed and then removed: its 4 MB stay in the history.
+    (keep / 'earlier').mkdir(parents=True)
+    (keep / 'earlier' / LEAN_WEIGHTS).write_bytes(os.urandom(4_000_000))
+    _git(repo, 'init', '-q')
+    _git(repo, 'add', '-A')
+    _git(repo, 'commit', '-q', '-m', 'earlier snapshot')
+    _git(repo, 'rm', '-q', '-r', 'checkpoints')
+    _git(repo, 'commit', '-q', '-m', 'earlier run finished')
+    _fake_run(runs / 'big', timm.create_model('resnet18_relu'), epochs_done=4)  # a 4-bit snapshot of about 5.5 MB
+    spec['snapshot_history_mb'] = 8
+    state = snapshot_queue(spec, runs, keep)['big']
+    assert state.startswith('lean snapshot not written: the snapshots of this queue already take 4.0 MB of git history')
+    assert 'snapshot_history_mb' in state and 'a fresh machine would redo 4 epochs' in state
+    assert not keep.exists() or not any(keep.iterdir())  # nothing kept, no staging left behind
+    spec['snapshot_history_mb'] = 12
+    assert snapshot_queue(spec, runs, keep)['big'].startswith('lean snapshot kept, 4 of 9 epochs done')
+    assert sorted(p.name for p in keep.iterdir()) == ['big']
+    assert sorted(p.name for p in (keep / 'big').iterdir()) == sorted(['args.yaml', 'summary.csv', LEAN_WEIGHTS])
+
+
+def test_a_history_budget_that_is_not_a_positive_number_is_refused(tmp_path):
+    queue = tmp_path / 'queue.yaml'
+    queue.write_text(yaml.safe_dump(dict(_queue(tmp_path), snapshot_history_mb='100 MB')))
+    with pytest.raises(QueueError, match='snapshot_history_mb must be a positive number of megabytes'):
+        load_queue(queue)

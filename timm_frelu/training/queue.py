@@ -33,14 +33,15 @@ snapshots of runs that have finished, and names any finished run whose entry lac
 along than the run folder, then trains as usual.
 
 A run whose ``last.pth.tar`` is too big to commit (over 16 MiB: ResNet-18/34/50, whose optimizer
-and EMA state make 130-280 MB) gets a *lean* snapshot instead: its model weights alone, int8 per
-output channel (11-24 MB), beside ``args.yaml`` and ``summary.csv``. It is written only once the
-run is a third of its epochs past the snapshot already there (a third from the start for the
-first), so a run adds at most two to the repository's history and a fresh machine loses less than
-a third of it. Restored, it continues the run from those weights at that epoch with fresh
-momentum and a fresh EMA (``--initial-checkpoint`` with ``--start-epoch``): not the exact resume
-the same machine's run folder gives, but the weights' rounding is far below what SGD changes in an
-epoch, and the EMA that is published averages the last epochs only.
+and EMA state make 130-280 MB) gets a *lean* snapshot instead: its model weights alone, rounded to
+4 bits (:mod:`.lean_weights`, 6-13 MB), beside ``args.yaml`` and ``summary.csv``. It is written only
+once the run is a third of its epochs past the snapshot already there (a third from the start for
+the first), so a run adds at most two to the repository's history and a fresh machine loses less
+than a third of it; and, where the queue file sets ``snapshot_history_mb``, only while the queue's
+snapshots, every version git holds under the snapshot folder, stay within that many MB. Restored,
+it continues the run from those weights at that epoch with fresh momentum and a fresh EMA
+(``--initial-checkpoint`` with ``--start-epoch``): not the exact resume the same machine's run
+folder gives (``benchmarks/lean_snapshot.py`` measures what the rounding changes).
 """
 import argparse
 import fcntl
@@ -48,6 +49,7 @@ import logging
 import math
 import os
 import shutil
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -58,6 +60,8 @@ from safetensors import safe_open
 from ..errors import TimmFreluError
 from ..fileio import copy_file_atomic, read_yaml_mapping, save_safetensors_atomic
 from .checkpoint import read_checkpoint
+from .git_history import committed_bytes
+from .lean_weights import RoundedWeightsError, round_weights, unround_weights
 from .run_folder import ARGS_FILE, LAST_CHECKPOINT, SUMMARY_FILE, epochs_done
 from .train import check_args, train, training_args
 
@@ -78,6 +82,9 @@ def load_queue(path: Path) -> Dict[str, Any]:
         raise QueueError(f'{path}: every run needs an experiment name (its folder under output).')
     if len(set(names)) != len(names):
         raise QueueError(f'{path}: experiment names repeat; each run needs a folder of its own.')
+    budget = spec.get('snapshot_history_mb')
+    if budget is not None and not (isinstance(budget, (int, float)) and not isinstance(budget, bool) and budget > 0):
+        raise QueueError(f'{path}: snapshot_history_mb must be a positive number of megabytes, not {budget!r}.')
     for run in runs:
         publish = run.get('publish')
         if publish is not None and not (isinstance(publish, dict) and publish.get('name')):
@@ -109,11 +116,10 @@ def run_args(spec: Dict[str, Any], run: Dict[str, Any], output: Path) -> argpars
 RESUMABLE_FILES = (ARGS_FILE, SUMMARY_FILE, LAST_CHECKPOINT)
 # A run's record files, which a lean snapshot keeps beside its weights.
 RECORD_FILES = (ARGS_FILE, SUMMARY_FILE)
-LEAN_WEIGHTS = 'weights-int8.safetensors'
+LEAN_WEIGHTS = 'weights-4bit.safetensors'
 # Where a restored lean snapshot's weights go in the run folder, for the run to start from.
 RESTART_WEIGHTS = 'restart.safetensors'
 LEAN_ABOVE_BYTES = 16 * 2 ** 20
-_SCALE_SUFFIX = '.int8_scale'
 
 
 def run_state(run_dir: Path, epochs: int, published: Optional[Path] = None) -> str:
@@ -141,39 +147,25 @@ def copy_run_state(source: Path, target: Path) -> None:
 
 def write_lean_snapshot(run_dir: Path, target: Path, checkpoint: Optional[Dict[str, Any]] = None) -> int:
     """Keep the model weights of ``run_dir``'s ``last`` checkpoint (``checkpoint``, when already
-    read) in ``target``, each weight of more than one dimension as int8 with a scale per output
-    channel, and the run's records; returns the bytes of the weights file. Each file is written
-    whole or not at all."""
+    read) in ``target``, rounded to 4 bits (:mod:`.lean_weights`), and the run's records; returns
+    the bytes of the weights file. Each file is written whole or not at all."""
     checkpoint = checkpoint or read_checkpoint(run_dir / LAST_CHECKPOINT)
-    state, done = checkpoint['state_dict'], _checkpoint_epochs(checkpoint)
-    tensors = {}
-    for name, tensor in state.items():
-        if tensor.is_floating_point() and tensor.dim() > 1:
-            rows = tensor.detach().float().flatten(1)
-            scale = rows.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / 127
-            tensors[name] = torch.round(rows / scale[:, None]).to(torch.int8).reshape(tensor.shape)
-            tensors[name + _SCALE_SUFFIX] = scale
-        else:
-            tensors[name] = tensor.detach().clone()
+    tensors, metadata = round_weights(checkpoint['state_dict'], bits=4)
     target.mkdir(parents=True, exist_ok=True)
     for name in RECORD_FILES:
         copy_file_atomic(run_dir / name, target / name)
-    save_safetensors_atomic(tensors, target / LEAN_WEIGHTS, {'epochs_done': str(done), 'format': 'int8 per output channel'})
-    (target / LAST_CHECKPOINT).unlink(missing_ok=True)  # a full snapshot of an earlier, smaller format
+    save_safetensors_atomic(tensors, target / LEAN_WEIGHTS, {**metadata, 'epochs_done': str(_checkpoint_epochs(checkpoint))})
     return (target / LEAN_WEIGHTS).stat().st_size
 
 
 def read_lean_snapshot(path: Path) -> Tuple[Dict[str, torch.Tensor], int]:
     """A lean snapshot's weights, back in fp32, and the epochs the run had done."""
     with safe_open(str(path), framework='pt') as f:
-        stored = {name: f.get_tensor(name) for name in f.keys()}
-    weights = {}
-    for name, tensor in stored.items():
-        if name.endswith(_SCALE_SUFFIX):
-            continue
-        scale = stored.get(name + _SCALE_SUFFIX)
-        weights[name] = tensor if scale is None else (tensor.float().flatten(1) * scale[:, None]).reshape(tensor.shape)
-    return weights, epochs_of_weights(path)
+        tensors, metadata = {name: f.get_tensor(name) for name in f.keys()}, f.metadata()
+    try:
+        return unround_weights(tensors, metadata), int(metadata['epochs_done'])
+    except RoundedWeightsError as err:
+        raise QueueError(f'The lean snapshot {path} cannot be restored: {err}') from None
 
 
 def epochs_of_weights(path: Path) -> int:
@@ -190,9 +182,10 @@ def _checkpoint_epochs(checkpoint: Dict[str, Any]) -> int:
     return checkpoint['epoch'] + 1
 
 
-def _snapshot_run(run_dir: Path, kept: Path, epochs: int, lean: bool) -> str:
+def _snapshot_run(run_dir: Path, kept: Path, epochs: int, lean: bool, history_budget: Optional[float]) -> str:
     """Keep an unfinished run's state in ``kept``: whole when ``last.pth.tar`` is small, lean
-    (see the module docstring) when it is big or ``lean`` asks for it."""
+    (see the module docstring) when it is big or ``lean`` asks for it, and then only while the
+    queue's snapshots stay within ``history_budget`` bytes of git history."""
     if not lean and (run_dir / LAST_CHECKPOINT).stat().st_size <= LEAN_ABOVE_BYTES:
         copy_run_state(run_dir, kept)
         return f'snapshot kept, {epochs_done(kept)} of {epochs} epochs done'
@@ -202,13 +195,31 @@ def _snapshot_run(run_dir: Path, kept: Path, epochs: int, lean: bool) -> str:
         what = f'the snapshot there has {before}' if before else 'none was kept before'
         return (f'lean snapshot not written: {done} of {epochs} epochs done and {what}, less than a third of the run '
                 f'({third} epochs) apart; a fresh machine would redo at most {done - before} epochs')
-    size = write_lean_snapshot(run_dir, kept, checkpoint)
-    return f'lean snapshot kept, {done} of {epochs} epochs done ({size / 2 ** 20:.1f} MiB of int8 weights)'
+    staging = kept.with_name(f'.{kept.name}.staging')
+    shutil.rmtree(staging, ignore_errors=True)
+    size = write_lean_snapshot(run_dir, staging, checkpoint)
+    if history_budget is not None:
+        history = committed_bytes(kept.parent)
+        cost = len(zlib.compress((staging / LEAN_WEIGHTS).read_bytes(), 6))  # a blob as git stores it
+        if history + cost > history_budget:
+            shutil.rmtree(staging)
+            return (f'lean snapshot not written: the snapshots of this queue already take {history / 1e6:.1f} MB of git '
+                    f'history and this one would add {cost / 1e6:.1f} MB, past the {history_budget / 1e6:g} MB the queue '
+                    f'file allows (snapshot_history_mb). The run folder still resumes exactly on this machine; a fresh '
+                    f'machine would redo {done - before} epochs')
+    kept.mkdir(parents=True, exist_ok=True)
+    for name in (*RECORD_FILES, LEAN_WEIGHTS):  # the weights last, as they make the snapshot this epoch's
+        os.replace(staging / name, kept / name)
+    (kept / LAST_CHECKPOINT).unlink(missing_ok=True)  # a full snapshot of an earlier, smaller format
+    staging.rmdir()
+    return f'lean snapshot kept, {done} of {epochs} epochs done ({size / 2 ** 20:.1f} MiB of 4-bit weights)'
 
 
 def snapshot_queue(spec: Dict[str, Any], output: Path, keep: Path, lean: bool = False) -> Dict[str, str]:
     """Keep every unfinished run that has a ``last`` checkpoint in ``keep/<experiment>/``; remove
     the snapshots of finished runs. Returns what happened to each run."""
+    budget_mb = spec.get('snapshot_history_mb')
+    history_budget = None if budget_mb is None else budget_mb * 1e6
     states = {}
     for run in spec['runs']:
         experiment, args = run['experiment'], run_args(spec, run, output)
@@ -224,7 +235,7 @@ def snapshot_queue(spec: Dict[str, Any], output: Path, keep: Path, lean: bool = 
                                       f'would train it again; publish it (timm-frelu publish {run_dir} --name '
                                       f'{args.model}.<tag>) and add published: <that folder> to the entry')
         elif state == 'resume':
-            states[experiment] = _snapshot_run(run_dir, kept, args.epochs, lean)
+            states[experiment] = _snapshot_run(run_dir, kept, args.epochs, lean, history_budget)
     return states
 
 
@@ -404,7 +415,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--snapshot', metavar='DIR', default=None,
                         help='copy the unfinished runs\' resumable state to DIR/<experiment>/ and exit (no training)')
     parser.add_argument('--lean', action='store_true',
-                        help="with --snapshot: keep the runs' weights alone, int8, whatever their checkpoint's size "
+                        help="with --snapshot: keep the runs' weights alone, in 4 bits, whatever their checkpoint's size "
                              '(the default for checkpoints over 16 MiB)')
     parser.add_argument('--restore', metavar='DIR', default=None,
                         help='first copy back the snapshots in DIR that are further along than their run folders')
