@@ -474,6 +474,10 @@ at::Tensor to_tensor(const Doubles& values) {
   return t;
 }
 
+// Undefined for a result that does not exist: a gradient of the depthwise bias without one, the
+// norm's results without a BN before FReLU.
+at::Tensor to_tensor_if(bool exists, const Doubles& values) { return exists ? to_tensor(values) : at::Tensor(); }
+
 bool is_activation_type(at::ScalarType type) { return type == at::kFloat || type == at::kBFloat16; }
 
 // An activation-sized tensor: 4-D, on the CPU, channels_last, and of `type` (fp32 or bf16).
@@ -700,9 +704,9 @@ std::vector<at::Tensor> forward_of(const at::Tensor& x, const c10::optional<at::
       });
     }
   });
-  if (!has_norm) return {out, mask, to_tensor(stats.mean), to_tensor(stats.invstd), to_tensor(stats.var), {}, {}, {}};
   return {out, mask, to_tensor(stats.mean), to_tensor(stats.invstd), to_tensor(stats.var),
-          to_tensor(norm_stats.mean), to_tensor(norm_stats.invstd), to_tensor(norm_stats.var)};
+          to_tensor_if(has_norm, norm_stats.mean), to_tensor_if(has_norm, norm_stats.invstd),
+          to_tensor_if(has_norm, norm_stats.var)};
 }
 
 // Eval-mode FReLU with its BN folded into the depthwise weight and bias: max(x, conv(x) + bias),
@@ -850,12 +854,9 @@ std::vector<at::Tensor> backward_of(const at::Tensor& grad_out_any, const at::Te
   for (int64_t c = 0; c < C; ++c) {
     for (int64_t t = 0; t < KK; ++t) gw[c * KK + t] = static_cast<float>(grad_weight[t * C + c]);
   }
-  if (!has_norm) {
-    return {grad_input, grad_weight_tensor, in.bias ? to_tensor(grad_bias) : at::Tensor(), to_tensor(grad_bn_weight),
-            to_tensor(grad_bn_bias), {}, {}, {}};
-  }
-  return {grad_input, grad_weight_tensor, in.bias ? to_tensor(grad_bias) : at::Tensor(), to_tensor(grad_bn_weight),
-          to_tensor(grad_bn_bias), grad_x, to_tensor(grad_norm_weight), to_tensor(grad_norm_bias)};
+  return {grad_input, grad_weight_tensor, to_tensor_if(in.bias != nullptr, grad_bias), to_tensor(grad_bn_weight),
+          to_tensor(grad_bn_bias), grad_x, to_tensor_if(has_norm, grad_norm_weight),
+          to_tensor_if(has_norm, grad_norm_bias)};
 }
 
 // Calls f with a value of the activations' C++ type, float or BFloat16, as x's dtype says.
