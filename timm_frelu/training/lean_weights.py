@@ -36,7 +36,13 @@ def _group_size(channel_size: int, group: int) -> int:
 
 
 def round_weights(state: Dict[str, torch.Tensor], bits: int = 4, group: int = 64) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
-    """``state`` as the tensors and metadata of a safetensors file (see the module docstring)."""
+    """``state`` as the tensors and metadata of a safetensors file (see the module docstring).
+
+    Args:
+        state: A model's state dict.
+        bits: Bits a code, 4 or 8.
+        group: Weights sharing one scale, within an output channel.
+    """
     if bits not in (4, 8):
         raise RoundedWeightsError(f'bits must be 4 or 8 (whole codes per byte), not {bits}.')
     levels = 2 ** (bits - 1) - 1
