@@ -22,21 +22,19 @@ from pathlib import Path
 import timm
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 
 import timm_frelu  # noqa: F401  (registers the models)
-from timm_frelu.fileio import save_safetensors_atomic
 from timm_frelu.studies.measure import machine_description
 from timm_frelu.training.checkpoint import read_checkpoint
-from timm_frelu.training.data.sources import load_split
-from timm_frelu.training.lean_weights import round_weights, unround_weights
+from timm_frelu.training.data import TensorLoader, load_split
+from timm_frelu.training.lean_weights import load_rounded_weights, save_rounded_weights
 
 FORMATS = ((8, 64), (4, 64), (4, 256))
 
 
-def logits(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+def logits(model: torch.nn.Module, batches: TensorLoader) -> torch.Tensor:
     with torch.no_grad():
-        return torch.cat([model(batch) for batch in images.split(250)])
+        return torch.cat([model(images) for images, _ in batches])
 
 
 def main() -> None:
@@ -49,8 +47,8 @@ def main() -> None:
     model = timm.create_model(run_args.model, num_classes=run_args.num_classes, **(run_args.model_kwargs or {})).eval()
     config = timm.data.resolve_model_data_config(model)
     data = load_split('shared/cifar10-jpeg', f'train[:{args.images}]')
-    mean, std = (torch.tensor(config[key]).view(1, 3, 1, 1) * 255 for key in ('mean', 'std'))
-    images = ((data.images.float() - mean) / std).contiguous(memory_format=torch.channels_last)
+    images = TensorLoader(data.images, data.labels, batch_size=250, mean=config['mean'], std=config['std'],
+                          channels_last=True)
     model.to(memory_format=torch.channels_last).load_state_dict(state)
     exact = logits(model, images)
     params = sum(t.numel() for t in state.values() if t.is_floating_point() and t.dim() > 1)
@@ -62,10 +60,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for bits, group in FORMATS:
             path = Path(tmp) / f'{bits}-{group}.safetensors'
-            tensors, metadata = round_weights(state, bits=bits, group=group)
-            save_safetensors_atomic(tensors, path, metadata)
-            with safe_open(str(path), framework='pt') as f:
-                model.load_state_dict(unround_weights({k: f.get_tensor(k) for k in f.keys()}, f.metadata()))
+            save_rounded_weights(state, path, bits=bits, group=group)
+            model.load_state_dict(load_rounded_weights(path)[0])
             rounded = logits(model, images)
             kl = F.kl_div(rounded.log_softmax(1), exact.log_softmax(1), log_target=True, reduction='batchmean')
             size, stored = path.stat().st_size, len(zlib.compress(path.read_bytes(), 6))

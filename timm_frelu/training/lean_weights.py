@@ -11,12 +11,15 @@ A group of 64 rather than a whole output channel: one large weight no longer coa
 a 2,048-input row (ResNet-50's 1x1 convolutions), for 2 bytes of scale per 64 weights. Groups do not
 cross channels: FReLU's depthwise kernels differ in scale from one channel to the next.
 """
-from typing import Dict, Tuple
+from pathlib import Path
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 
 from ..errors import TimmFreluError
+from ..fileio import save_safetensors_atomic
 
 FORMAT = 'timm-frelu rounded weights'
 _SCALE = '.rounded_scale'
@@ -88,3 +91,18 @@ def unround_weights(tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) 
         values = codes[:scale.numel() * size].float().view(-1, size) * scale[:, None]
         state[name] = values.view(shape[0], -1)[:, :shape[1:].numel()].contiguous().view(shape)
     return state
+
+
+def save_rounded_weights(state: Dict[str, torch.Tensor], path: Path, metadata: Optional[Dict[str, str]] = None,
+                         bits: int = 4, group: int = 64) -> None:
+    """Write ``state`` rounded (:func:`round_weights`) to the safetensors file ``path``, whole or not
+    at all, with ``metadata`` beside the format's own."""
+    tensors, format_metadata = round_weights(state, bits=bits, group=group)
+    save_safetensors_atomic(tensors, path, {**(metadata or {}), **format_metadata})
+
+
+def load_rounded_weights(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    """The fp32 state dict and the metadata of a file :func:`save_rounded_weights` wrote."""
+    with safe_open(str(path), framework='pt') as f:
+        tensors, metadata = {name: f.get_tensor(name) for name in f.keys()}, f.metadata()
+    return unround_weights(tensors, metadata), metadata

@@ -61,7 +61,7 @@ from ..errors import TimmFreluError
 from ..fileio import copy_file_atomic, read_yaml_mapping, save_safetensors_atomic
 from .checkpoint import read_checkpoint
 from .git_history import committed_bytes
-from .lean_weights import RoundedWeightsError, round_weights, unround_weights
+from .lean_weights import RoundedWeightsError, load_rounded_weights, save_rounded_weights
 from .run_folder import ARGS_FILE, LAST_CHECKPOINT, SUMMARY_FILE, epochs_done
 from .train import check_args, train, training_args
 
@@ -150,22 +150,21 @@ def write_lean_snapshot(run_dir: Path, target: Path, checkpoint: Optional[Dict[s
     read) in ``target``, rounded to 4 bits (:mod:`.lean_weights`), and the run's records; returns
     the bytes of the weights file. Each file is written whole or not at all."""
     checkpoint = checkpoint or read_checkpoint(run_dir / LAST_CHECKPOINT)
-    tensors, metadata = round_weights(checkpoint['state_dict'], bits=4)
     target.mkdir(parents=True, exist_ok=True)
     for name in RECORD_FILES:
         copy_file_atomic(run_dir / name, target / name)
-    save_safetensors_atomic(tensors, target / LEAN_WEIGHTS, {**metadata, 'epochs_done': str(_checkpoint_epochs(checkpoint))})
+    save_rounded_weights(checkpoint['state_dict'], target / LEAN_WEIGHTS, {'epochs_done': str(_checkpoint_epochs(checkpoint))},
+                         bits=4)
     return (target / LEAN_WEIGHTS).stat().st_size
 
 
 def read_lean_snapshot(path: Path) -> Tuple[Dict[str, torch.Tensor], int]:
     """A lean snapshot's weights, back in fp32, and the epochs the run had done."""
-    with safe_open(str(path), framework='pt') as f:
-        tensors, metadata = {name: f.get_tensor(name) for name in f.keys()}, f.metadata()
     try:
-        return unround_weights(tensors, metadata), int(metadata['epochs_done'])
+        weights, metadata = load_rounded_weights(path)
     except RoundedWeightsError as err:
         raise QueueError(f'The lean snapshot {path} cannot be restored: {err}') from None
+    return weights, int(metadata['epochs_done'])
 
 
 def epochs_of_weights(path: Path) -> int:
