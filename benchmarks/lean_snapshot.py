@@ -47,10 +47,10 @@ def main() -> None:
     model = timm.create_model(run_args.model, num_classes=run_args.num_classes, **(run_args.model_kwargs or {})).eval()
     config = timm.data.resolve_model_data_config(model)
     data = load_split('shared/cifar10-jpeg', f'train[:{args.images}]')
-    images = TensorLoader(data.images, data.labels, batch_size=250, mean=config['mean'], std=config['std'],
-                          channels_last=True)
+    batches = TensorLoader(data.images, data.labels, batch_size=250, mean=config['mean'], std=config['std'],
+                           channels_last=True)
     model.to(memory_format=torch.channels_last).load_state_dict(state)
-    exact = logits(model, images)
+    exact = logits(model, batches)
     params = sum(t.numel() for t in state.values() if t.is_floating_point() and t.dim() > 1)
     print(f'machine: {machine_description()}')
     print(f'{args.checkpoint} ({run_args.model}, epoch {checkpoint["epoch"] + 1} done, {params / 1e6:.2f} M rounded weights), '
@@ -62,7 +62,7 @@ def main() -> None:
             path = Path(tmp) / f'{bits}-{group}.safetensors'
             save_rounded_weights(state, path, bits=bits, group=group)
             model.load_state_dict(load_rounded_weights(path)[0])
-            rounded = logits(model, images)
+            rounded = logits(model, batches)
             kl = F.kl_div(rounded.log_softmax(1), exact.log_softmax(1), log_target=True, reduction='batchmean')
             size, stored = path.stat().st_size, len(zlib.compress(path.read_bytes(), 6))
             print(f'{bits}-bit, groups of {group}: file {size / 1e6:.2f} MB, {stored / 1e6:.2f} MB zlib-compressed as git '
