@@ -9,6 +9,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from timm_frelu.training.git_history import committed_bytes
 from timm_frelu.training.lean_weights import round_weights, unround_weights
 from timm_frelu.training.queue import (LEAN_WEIGHTS, RESTART_WEIGHTS, QueueError, load_queue, read_lean_snapshot,
                                        restore_queue, run_state, snapshot_queue, write_lean_snapshot)
@@ -162,7 +163,13 @@ def test_a_lean_snapshot_past_the_queues_git_history_budget_is_not_written(tmp_p
     assert 'snapshot_history_mb' in state and 'a fresh machine would redo 4 epochs' in state
     assert not keep.exists() or not any(keep.iterdir())  # nothing kept, no staging left behind
     spec['snapshot_history_mb'] = 12
-    assert snapshot_queue(spec, runs, keep)['big'].startswith('lean snapshot kept, 4 of 9 epochs done')
+    state = snapshot_queue(spec, runs, keep)['big']
+    assert state.startswith('lean snapshot kept, 4 of 9 epochs done')
+    # What it adds is counted as git will store it: the earlier 4 MB plus a compressed blob of the new file.
+    _git(repo, 'add', '-A')
+    _git(repo, 'commit', '-q', '-m', 'big snapshot')
+    assert state.endswith(f"committed, the queue's snapshots take {committed_bytes(keep) / 1e6:.1f} MB of the 12 MB "
+                          'of git history it allows')
     assert sorted(p.name for p in keep.iterdir()) == ['big']
     assert sorted(p.name for p in (keep / 'big').iterdir()) == sorted(['args.yaml', 'summary.csv', LEAN_WEIGHTS])
 

@@ -197,9 +197,12 @@ def _snapshot_run(run_dir: Path, kept: Path, epochs: int, lean: bool, history_bu
     staging = kept.with_name(f'.{kept.name}.staging')
     shutil.rmtree(staging, ignore_errors=True)
     size = write_lean_snapshot(run_dir, staging, checkpoint)
+    budget_note = ''
     if history_budget is not None:
         history = committed_bytes(kept.parent)
         cost = len(zlib.compress((staging / LEAN_WEIGHTS).read_bytes(), 6))  # a blob as git stores it
+        budget_note = (f'; committed, the queue\'s snapshots take {(history + cost) / 1e6:.1f} MB of the '
+                       f'{history_budget / 1e6:g} MB of git history it allows')
         if history + cost > history_budget:
             shutil.rmtree(staging)
             return (f'lean snapshot not written: the snapshots of this queue already take {history / 1e6:.1f} MB of git '
@@ -211,7 +214,7 @@ def _snapshot_run(run_dir: Path, kept: Path, epochs: int, lean: bool, history_bu
         os.replace(staging / name, kept / name)
     (kept / LAST_CHECKPOINT).unlink(missing_ok=True)  # a full snapshot of an earlier, smaller format
     staging.rmdir()
-    return f'lean snapshot kept, {done} of {epochs} epochs done ({size / 2 ** 20:.1f} MiB of 4-bit weights)'
+    return f'lean snapshot kept, {done} of {epochs} epochs done ({size / 2 ** 20:.1f} MiB of 4-bit weights){budget_note}'
 
 
 def snapshot_queue(spec: Dict[str, Any], output: Path, keep: Path, lean: bool = False) -> Dict[str, str]:
