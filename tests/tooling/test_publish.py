@@ -11,7 +11,7 @@ import torch
 from conftest import HUB_TOKEN as TOKEN
 from conftest import LOAD_SCRIPT, make_image_folder, model_outputs, run_python, same_outputs
 from huggingface_hub import HfApi, ModelCard
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from timm_frelu.fileio import file_sha256
 from timm_frelu.publishing import PushError, publish, push
@@ -309,3 +309,23 @@ def test_a_run_recorded_without_a_card_counts_in_the_report_beside_the_published
     assert {row['n'] for row in rows} == {2}
     # Without --output a record would land among the published weights: refused, naming the fix.
     assert cli_main(['publish', str(run_dir), '--name', NAME, '--no-card']) == 2
+
+
+def test_a_run_restarted_from_weights_alone_says_so_in_its_card(run_dir, data_dir, tmp_path):
+    """A run a queue restored on a new machine goes on from its lean snapshot's weights alone: the
+    card must not pass it off as one unbroken run, nor give the restart as the way to repeat it."""
+    restart = tmp_path / 'restarted' / 'restart.safetensors'  # the name the queue restores a lean snapshot to
+    restart.parent.mkdir()
+    save_file(torch.load(run_dir / 'last.pth.tar', weights_only=False)['state_dict'], restart)
+    restarted = train(parse_args([
+        '--dataset', 'folder', '--data-dir', str(data_dir), '--model', MODEL, '--epochs', '2', '--batch-size', '20',
+        '--model-ema', '--threads', '1', '--initial-checkpoint', str(restart), '--start-epoch', '1',
+        '--output', str(tmp_path), '--experiment', 'restarted']))
+    folder = publish(restarted, NAME, output_root=tmp_path / 'checkpoints', eval_datasets=['folder'], data_dir=str(data_dir))
+    results = json.loads((folder / 'results.json').read_text())
+    assert results['evaluations'][0]['training']['restarts'] == [dict(epoch=1, weights='restart.safetensors')]
+    card = ModelCard.load(folder / 'README.md').text
+    assert ("It was not one unbroken run: it went on at epoch 1 from the weights in `restart.safetensors` (its queue's "
+            "4-bit lean snapshot, restored on a new machine), with fresh optimizer momentum and a fresh EMA.") in card
+    command = next(line.strip() for line in card.splitlines() if line.strip().startswith('python -m timm_frelu.train'))
+    assert '--initial-checkpoint' not in command and '--start-epoch' not in command and '--epochs 2' in command

@@ -10,6 +10,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from timm_frelu.training.git_history import committed_bytes
+from timm_frelu.training.train import restart_record
 from timm_frelu.training.lean_weights import round_weights, unround_weights
 from timm_frelu.training.queue import (LEAN_WEIGHTS, RESTART_WEIGHTS, QueueError, load_queue, read_lean_snapshot,
                                        restore_queue, run_state, snapshot_queue, write_lean_snapshot)
@@ -179,3 +180,17 @@ def test_a_history_budget_that_is_not_a_positive_number_is_refused(tmp_path):
     queue.write_text(yaml.safe_dump(dict(_queue(tmp_path), snapshot_history_mb='100 MB')))
     with pytest.raises(QueueError, match='snapshot_history_mb must be a positive number of megabytes'):
         load_queue(queue)
+
+
+def test_a_restart_from_weights_alone_stays_on_record_through_later_exact_resumes():
+    restarted = restart_record({}, 7, '/runs/big/restart.safetensors')
+    assert restarted == dict(restarts=[dict(epoch=7, weights='restart.safetensors')])
+    # The args.yaml the restart wrote; an exact resume at epoch 9 passes neither option again.
+    written = dict(restarted, initial_checkpoint='/runs/big/restart.safetensors', start_epoch=7)
+    assert restart_record(written, 9, None) == restarted
+    assert restart_record(dict(written, restarts=None), 9, None) == restarted  # a record from before restarts were kept
+    # Restored again at epoch 14, and then resumed from an older checkpoint at epoch 10: later ones go.
+    twice = restart_record(dict(written, start_epoch=None, initial_checkpoint=None), 14, '/elsewhere/restart.safetensors')
+    assert [r['epoch'] for r in twice['restarts']] == [7, 14]
+    assert restart_record(twice, 10, None) == restarted
+    assert restart_record({}, 0, 'pretrained.safetensors') == {}  # starting from weights is not a restart

@@ -271,3 +271,4 @@ def test_a_run_continues_on_a_fresh_machine_from_its_lean_snapshot(queue_file, t
     assert _epochs(runs / 'second') == list(range(epochs))
     args = yaml.safe_load((runs / 'second' / 'args.yaml').read_text())
     assert args['start_epoch'] == done and [s['from_epoch'] for s in args['precision_history']] == [0]
+    assert args['restarts'] == [dict(epoch=done, weights='restart.safetensors')]

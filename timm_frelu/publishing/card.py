@@ -14,6 +14,7 @@ from ..models import ACTS
 from ..pretrained import ZooName, hub_repo_id
 from ..pretrained.datasets import CIFAR_NUM_CLASSES
 from ..studies.summary import model_summary
+from ..training.run_folder import RESTART_WEIGHTS
 from .provenance import dataset_id, describe_test_data, describe_training_data, hub_split, reproduce_command
 
 LEARNING_CURVE_FILENAME = 'learning_curve.png'
@@ -62,6 +63,16 @@ PUBLIC_CIFAR10 = {
 def _data_label(result: Dict[str, Any]) -> str:
     data = result['data']
     return f"{data['dataset']}/{data['split']}"
+
+
+def _restarts_paragraph(restarts) -> list:
+    if not restarts:
+        return []
+    where = '; '.join(f"at epoch {r['epoch']} from the weights in `{r['weights']}`"
+                      + (" (its queue's 4-bit lean snapshot, restored on a new machine)" if r['weights'] == RESTART_WEIGHTS else '')
+                      for r in restarts)
+    return [f'It was not one unbroken run: it went on {where}, with fresh optimizer momentum and a fresh EMA. '
+            'The command above trains it unbroken.', '']
 
 
 def render_card(name_tag: str, results: Dict[str, Any], run_args: Dict[str, Any], folder: Path, has_figure: bool) -> str:
@@ -144,6 +155,7 @@ def render_card(name_tag: str, results: Dict[str, Any], run_args: Dict[str, Any]
         lines += [f'Trained on {describe_training_data(run_args)}. To repeat the run:', '',
                   f'    {reproduce_command(run_args)}', '',
                   'Full arguments: `recipe.yaml`; epoch by epoch: `summary.csv`.', '']
+        lines += _restarts_paragraph(run_args.get('restarts') or [])
     if (folder / LEARNING_CURVE_FILENAME).is_file():
         epoch = results.get('source_epoch')
         lines += [f'![learning curve]({LEARNING_CURVE_FILENAME})', '',

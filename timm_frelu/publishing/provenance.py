@@ -62,9 +62,13 @@ def reproduce_command(run_args: Dict[str, Any]) -> str:
     config = args.get('config')
     base = vars(training_args(SOURCE_CHECKOUT / config if config and (SOURCE_CHECKOUT / config).is_file() else None))
     parts = ['python', '-m', 'timm_frelu.train'] + (['-c', config] if config else [])
+    # A restart's weights and epoch were the run's way on, not its recipe: the command trains it unbroken.
+    restarted = args.get('start_epoch') in {restart['epoch'] for restart in args.get('restarts') or []}
     for action in build_parser()._actions:
         key = action.dest
         if key in ('help', 'config') or key not in args or key in RUN_LOCAL_KEYS or args[key] == base.get(key):
+            continue
+        if restarted and key in ('initial_checkpoint', 'start_epoch'):
             continue
         flag = action.option_strings[-1] if action.option_strings[-1].startswith('--') else action.option_strings[0]
         value = args[key]

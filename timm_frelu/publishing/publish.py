@@ -128,7 +128,7 @@ def publish(
         sha256 = file_sha256(stage / WEIGHTS_FILENAME)
         evaluations = _evaluate_stored_file(name_tag, dataset, stage / WEIGHTS_FILENAME, eval_datasets, data_dir, model_args)
         training = {key: value for key, value in portable_args(run_args).items()
-                    if key in ('model', 'dataset', 'train_split', 'seed', 'epochs', 'config', 'precision')}
+                    if key in ('model', 'dataset', 'train_split', 'seed', 'epochs', 'config', 'precision', 'restarts')}
         if (stage / SUMMARY_FILE).is_file():
             training['summary_csv'] = 'summary.csv'  # beside results.json
         for result in evaluations:

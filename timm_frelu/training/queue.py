@@ -62,7 +62,7 @@ from ..fileio import copy_file_atomic, read_yaml_mapping, save_safetensors_atomi
 from .checkpoint import read_checkpoint
 from .git_history import committed_bytes
 from .lean_weights import RoundedWeightsError, load_rounded_weights, save_rounded_weights
-from .run_folder import ARGS_FILE, LAST_CHECKPOINT, SUMMARY_FILE, epochs_done
+from .run_folder import ARGS_FILE, LAST_CHECKPOINT, RESTART_WEIGHTS, SUMMARY_FILE, epochs_done
 from .train import check_args, train, training_args
 
 _logger = logging.getLogger('train_queue')
@@ -117,8 +117,6 @@ RESUMABLE_FILES = (ARGS_FILE, SUMMARY_FILE, LAST_CHECKPOINT)
 # A run's record files, which a lean snapshot keeps beside its weights.
 RECORD_FILES = (ARGS_FILE, SUMMARY_FILE)
 LEAN_WEIGHTS = 'weights-4bit.safetensors'
-# Where a restored lean snapshot's weights go in the run folder, for the run to start from.
-RESTART_WEIGHTS = 'restart.safetensors'
 LEAN_ABOVE_BYTES = 16 * 2 ** 20
 
 

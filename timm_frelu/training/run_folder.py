@@ -12,6 +12,8 @@ ARGS_FILE = 'args.yaml'
 SUMMARY_FILE = 'summary.csv'
 LAST_CHECKPOINT = 'last.pth.tar'
 BEST_CHECKPOINT = 'model_best.pth.tar'
+# The weights alone that a queue restores a run's lean snapshot to on a new machine, to go on from.
+RESTART_WEIGHTS = 'restart.safetensors'
 
 
 def read_summary(summary_csv: Path) -> List[Dict[str, float]]:

@@ -284,6 +284,20 @@ def precision_record(earlier: Dict[str, Any], start_epoch: int, precision: str) 
     return dict(precision=described, precision_history=history)
 
 
+def restart_record(earlier: Dict[str, Any], start_epoch: int, initial_checkpoint: Optional[str]) -> Dict[str, Any]:
+    """args.yaml's ``restarts``: each epoch at which the run went on from weights alone
+    (``--initial-checkpoint`` with ``--start-epoch``, as a queue restores a lean snapshot on a new
+    machine), with fresh optimizer state and EMA. A later exact resume keeps them, though its own
+    arguments no longer show them, so that a published card can say the run was not unbroken."""
+    restarts = list(earlier.get('restarts') or [])
+    if earlier.get('initial_checkpoint') and earlier.get('start_epoch'):
+        restarts.append(dict(epoch=earlier['start_epoch'], weights=Path(earlier['initial_checkpoint']).name))
+    kept = {restart['epoch']: restart for restart in restarts if restart['epoch'] < start_epoch}
+    if initial_checkpoint and start_epoch:
+        kept[start_epoch] = dict(epoch=start_epoch, weights=Path(initial_checkpoint).name)
+    return dict(restarts=[kept[epoch] for epoch in sorted(kept)]) if kept else {}
+
+
 def _output_dir(args: argparse.Namespace) -> Path:
     if args.resume and not args.experiment:
         return Path(args.resume).resolve().parent
@@ -528,9 +542,10 @@ def _start_records(args: argparse.Namespace, run: _Run, output_dir: Path, start_
     start epoch, TensorBoard and W&B."""
     output_dir.mkdir(parents=True, exist_ok=True)
     earlier = read_yaml_mapping(output_dir / ARGS_FILE, 'args.yaml') if (output_dir / ARGS_FILE).is_file() else {}
+    earlier = earlier if args.resume or start_epoch else {}
     args_record = dict(vars(args), num_classes=run.num_classes, train_data=train_set.source,
-                       eval_data=eval_set.source if eval_set else None,
-                       **precision_record(earlier if args.resume or start_epoch else {}, start_epoch, precision))
+                       eval_data=eval_set.source if eval_set else None, **precision_record(earlier, start_epoch, precision),
+                       **restart_record(earlier, start_epoch, args.initial_checkpoint))
     write_text_atomic(output_dir / ARGS_FILE, yaml.safe_dump(args_record, sort_keys=False))
     run.saver = AtomicCheckpointSaver(run.model, run.optimizer, args=args, model_ema=run.model_ema,
                                       amp_scaler=run.loss_scaler, checkpoint_dir=str(output_dir),
