@@ -4,7 +4,7 @@ Metadata goes through huggingface_hub's ``ModelCardData`` (``model-index`` inclu
 reads it as it reads any card; every number in the text comes from ``results.json``.
 """
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import yaml
 from huggingface_hub import EvalResult, ModelCardData
@@ -65,7 +65,7 @@ def _data_label(result: Dict[str, Any]) -> str:
     return f"{data['dataset']}/{data['split']}"
 
 
-def _restarts_paragraph(restarts) -> list:
+def _restarts_paragraph(restarts: List[Dict[str, Any]]) -> List[str]:
     if not restarts:
         return []
     where = '; '.join(f"at epoch {r['epoch']} from the weights in `{r['weights']}`"
