@@ -188,6 +188,7 @@ def test_a_restart_from_weights_alone_stays_on_record_through_later_exact_resume
     # The args.yaml the restart wrote; an exact resume at epoch 9 passes neither option again.
     written = dict(restarted, initial_checkpoint='/runs/big/restart.safetensors', start_epoch=7)
     assert restart_record(written, 9, None) == restarted
+    assert restart_record(written, 7, None, mid_epoch=True) == restarted  # from a recovery checkpoint within epoch 7
     assert restart_record(dict(written, restarts=None), 9, None) == restarted  # a record from before restarts were kept
     # Restored again at epoch 14, and then resumed from an older checkpoint at epoch 10: later ones go.
     twice = restart_record(dict(written, start_epoch=None, initial_checkpoint=None), 14, '/elsewhere/restart.safetensors')

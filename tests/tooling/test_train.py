@@ -15,6 +15,7 @@ import yaml
 from conftest import REPO, kill_when, make_image_folder
 from safetensors.torch import save_file
 
+from timm_frelu.training.run_folder import recovery_checkpoints, resume_point
 from timm_frelu.training.train import parse_args
 
 # End to end: training runs in subprocesses or in-process. `pytest -m 'not slow'` leaves them out.
@@ -125,6 +126,19 @@ def test_bf16_run_trains_on_the_kernels_and_records_its_precision_across_a_resum
     assert len(_summary(run_dir)) == 3
 
 
+def _assert_same_run(run_dir, reference_run):
+    """The run's epochs and final weights are the uninterrupted reference run's."""
+    resumed, reference = _summary(run_dir), _summary(reference_run)
+    assert [r['epoch'] for r in resumed] == [r['epoch'] for r in reference]
+    for ours, theirs in zip(resumed, reference):
+        for key in ('train_loss', 'eval_loss', 'eval_top1', 'lr'):
+            assert float(ours[key]) == pytest.approx(float(theirs[key]), rel=1e-6, abs=1e-9), (ours['epoch'], key)
+    final, expected = _load(run_dir / 'last.pth.tar'), _load(reference_run / 'last.pth.tar')
+    for key in ('state_dict', 'state_dict_ema'):
+        for name, tensor in expected[key].items():
+            assert torch.allclose(final[key][name].float(), tensor.float(), atol=1e-6), (key, name)
+
+
 @pytest.mark.parametrize('recipe, reference', [((), 'reference_run'), (TUNED200, 'tuned200_reference_run')],
                          ids=['default', 'tuned200'])
 def test_killed_run_resumes_exactly(data_dir, recipe, reference, request, tmp_path):
@@ -137,15 +151,24 @@ def test_killed_run_resumes_exactly(data_dir, recipe, reference, request, tmp_pa
 
     result = _run(cmd + ['--resume', str(run_dir / 'last.pth.tar')])
     assert result.returncode == 0, result.stderr[-3000:]
-    resumed, reference = _summary(run_dir), _summary(reference_run)
-    assert [r['epoch'] for r in resumed] == [r['epoch'] for r in reference]
-    for ours, theirs in zip(resumed, reference):
-        for key in ('train_loss', 'eval_loss', 'eval_top1', 'lr'):
-            assert float(ours[key]) == pytest.approx(float(theirs[key]), rel=1e-6, abs=1e-9), (ours['epoch'], key)
-    final, expected = _load(run_dir / 'last.pth.tar'), _load(reference_run / 'last.pth.tar')
-    for key in ('state_dict', 'state_dict_ema'):
-        for name, tensor in expected[key].items():
-            assert torch.allclose(final[key][name].float(), tensor.float(), atol=1e-6), (key, name)
+    _assert_same_run(run_dir, reference_run)
+
+
+def test_a_run_killed_within_an_epoch_goes_on_from_its_recovery_checkpoint_exactly(data_dir, reference_run, tmp_path):
+    """With --recovery-interval, a run cut short mid-epoch loses at most that many batches, not the
+    epoch: the resume replays nothing, skips what was trained, and ends where the unbroken run did."""
+    cmd = _train_cmd(data_dir, tmp_path, 'recovered', '--recovery-interval', '3')  # 10 batches an epoch
+    run_dir = tmp_path / 'recovered'
+    # Killed early in epoch 1, with batches to spare before its end would remove the recovery checkpoints.
+    kill_when(cmd, lambda: any(epoch == 1 and batches <= 6 for epoch, batches, _ in recovery_checkpoints(run_dir)))
+    epoch, batches, recovery = recovery_checkpoints(run_dir)[-1]
+    assert resume_point(run_dir) == recovery and batches in (3, 6, 9)
+
+    result = _run(cmd + ['--resume', str(recovery)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f'from epoch {epoch}, batch {batches + 1} of 10' in result.stderr
+    assert recovery_checkpoints(run_dir) == []  # each epoch's last.pth.tar made them stale
+    _assert_same_run(run_dir, reference_run)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, reference_run, tmp_path):

@@ -10,7 +10,8 @@ import yaml
 from conftest import kill_when, make_image_folder
 
 from timm_frelu.cli import main as cli_main
-from timm_frelu.training.queue import run_lock
+from timm_frelu.training.queue import run_lock, run_state
+from timm_frelu.training.run_folder import recovery_checkpoints
 
 # End to end: training runs in subprocesses. `pytest -m 'not slow'` leaves them out.
 pytestmark = pytest.mark.slow
@@ -52,6 +53,23 @@ def test_a_killed_queue_run_again_finishes_without_redoing_a_run(queue_file, tmp
     assert (runs / 'first' / 'last.pth.tar').stat().st_mtime_ns == first_done
     # Resumed, not restarted: every epoch once.
     assert _epochs(runs / 'second') == list(range(EPOCHS))
+
+
+def test_a_queue_run_cut_short_within_an_epoch_goes_on_from_its_recovery_checkpoint(queue_file, tmp_path):
+    runs = tmp_path / 'runs'
+    spec = yaml.safe_load(queue_file.read_text())
+    spec['runs'] = spec['runs'][1:]
+    spec['defaults'].update(batch_size=4, recovery_interval=1)  # 6 batches an epoch, a recovery checkpoint after each
+    queue_file.write_text(yaml.safe_dump(spec))
+    # Killed early in epoch 1, with batches to spare before its end would remove the recovery checkpoints.
+    kill_when(_queue_cmd(queue_file), lambda: any(epoch == 1 and batches <= 2 for epoch, batches, _ in
+                                                  recovery_checkpoints(runs / 'second')), timeout=600)
+    epoch, batches, _ = recovery_checkpoints(runs / 'second')[-1]
+    assert run_state(runs / 'second', EPOCHS) == 'resume'
+    result = subprocess.run(_queue_cmd(queue_file), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f'from epoch {epoch}, batch {batches + 1} of 6' in result.stderr
+    assert _epochs(runs / 'second') == list(range(EPOCHS)) and recovery_checkpoints(runs / 'second') == []
 
 
 def test_two_workers_share_a_queue_and_train_each_run_once(queue_file, tmp_path):

@@ -10,7 +10,7 @@ from ..pretrained.datasets import DATASET_DESCRIPTIONS
 # Where and how a run ran, not what it trained: left out of a published recipe.
 RUN_LOCAL_KEYS = ('resume', 'no_resume_opt', 'output', 'experiment', 'data_dir', 'dataset_download', 'device',
                   'dist_backend', 'dist_url', 'distributed', 'world_size', 'rank', 'local_rank', 'threads',
-                  'log_interval', 'log_wandb', 'checkpoint_hist')
+                  'log_interval', 'log_wandb', 'checkpoint_hist', 'recovery_interval')
 # Paths that matter to what was trained: kept as the file's name.
 PATH_KEYS = ('config', 'initial_checkpoint', 'pretrained_path')
 # The Hub dataset each is (a copy of), for model cards' metadata, and the data in words.

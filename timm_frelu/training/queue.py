@@ -11,8 +11,8 @@ A queue is a YAML file:
 
 ``timm-frelu train-queue QUEUE.yaml`` trains the runs in order with the training command's own code,
 each into ``<output>/<experiment>/``. A run whose last epoch is in its ``summary.csv`` is done and
-skipped; one with a ``last.pth.tar`` is resumed from it (the training command's exact resume);
-others start. So a killed queue, or one cut off when a session ends, continues where it stopped
+skipped; one with a ``last.pth.tar`` or a recovery checkpoint is resumed from the newer (the training
+command's exact resume); others start. So a killed queue, or one cut off when a session ends, continues where it stopped
 when the command runs again. Several workers (one per core, say, each with ``threads: 1``) can
 run one queue at once: each run is locked while one trains it, the others take the next.
 
@@ -62,7 +62,8 @@ from ..fileio import copy_file_atomic, read_yaml_mapping, save_safetensors_atomi
 from .checkpoint import read_checkpoint
 from .git_history import committed_bytes
 from .lean_weights import RoundedWeightsError, load_rounded_weights, save_rounded_weights
-from .run_folder import ARGS_FILE, LAST_CHECKPOINT, RESTART_WEIGHTS, SUMMARY_FILE, epochs_done
+from .run_folder import (ARGS_FILE, LAST_CHECKPOINT, RESTART_WEIGHTS, SUMMARY_FILE, epochs_done, recovery_checkpoints,
+                         resume_point)
 from .train import check_args, train, training_args
 
 _logger = logging.getLogger('train_queue')
@@ -123,11 +124,11 @@ LEAN_ABOVE_BYTES = 16 * 2 ** 20
 def run_state(run_dir: Path, epochs: int, published: Optional[Path] = None) -> str:
     """``done`` when the run's summary or its published folder's reaches the last epoch (a published
     run is not trained again from an older run folder on this machine), ``resume`` when it has a
-    ``last`` checkpoint, ``restart`` when it has the weights of a restored lean snapshot, else
-    ``new``."""
+    ``last`` or recovery checkpoint, ``restart`` when it has the weights of a restored lean snapshot,
+    else ``new``."""
     if any(epochs_done(record) >= epochs for record in (run_dir, published) if record is not None):
         return 'done'
-    if (run_dir / LAST_CHECKPOINT).is_file():
+    if resume_point(run_dir) is not None:
         return 'resume'
     return 'restart' if (run_dir / RESTART_WEIGHTS).is_file() else 'new'
 
@@ -234,6 +235,8 @@ def snapshot_queue(spec: Dict[str, Any], output: Path, keep: Path, lean: bool = 
                 states[experiment] = (f'finished, but its queue entry has no published: folder, so a fresh checkout '
                                       f'would train it again; publish it (timm-frelu publish {run_dir} --name '
                                       f'{args.model}.<tag>) and add published: <that folder> to the entry')
+        elif state == 'resume' and not (run_dir / LAST_CHECKPOINT).is_file():
+            states[experiment] = 'nothing to snapshot: no epoch has finished yet'
         elif state == 'resume':
             states[experiment] = _snapshot_run(run_dir, kept, args.epochs, lean, history_budget)
     return states
@@ -255,7 +258,7 @@ def restore_queue(spec: Dict[str, Any], output: Path, keep: Path) -> Dict[str, s
             continue
         lean = (kept / LEAN_WEIGHTS).is_file()
         here, there = epochs_done(run_dir), epochs_of_weights(kept / LEAN_WEIGHTS) if lean else epochs_done(kept)
-        if ((run_dir / LAST_CHECKPOINT).is_file() or (run_dir / RESTART_WEIGHTS).is_file()) and here >= there:
+        if (resume_point(run_dir) is not None or (run_dir / RESTART_WEIGHTS).is_file()) and here >= there:
             states[experiment] = f'not restored: the run folder has {here} epochs done, the snapshot no more'
             continue
         if lean:
@@ -274,6 +277,8 @@ def _restore_lean(kept: Path, run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / LAST_CHECKPOINT).is_file():
         os.replace(run_dir / LAST_CHECKPOINT, run_dir / 'last-before-restore.pth.tar')
+    for _, _, recovery in recovery_checkpoints(run_dir):  # older than the snapshot, and resumed before it otherwise
+        recovery.unlink()
     for name in RECORD_FILES:
         copy_file_atomic(kept / name, run_dir / name)
     # Last, as it makes the run folder one to restart from.
@@ -397,7 +402,7 @@ def run_queue(spec: Dict[str, Any], output: Optional[Path] = None) -> Dict[str, 
             state = run_state(run_dir, args.epochs, _published(run))
             if state != 'done':
                 if state == 'resume':
-                    args.resume = str(run_dir / LAST_CHECKPOINT)
+                    args.resume = str(resume_point(run_dir))
                 elif state == 'restart':
                     args.initial_checkpoint, args.start_epoch = str(run_dir / RESTART_WEIGHTS), epochs_of_weights(run_dir / RESTART_WEIGHTS)
                 _logger.info(f'{experiment}: ' + {'resume': 'resuming', 'new': 'starting'}.get(

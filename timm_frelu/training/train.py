@@ -55,7 +55,7 @@ from timm_frelu.training.data import DataError, TensorLoader, load_split
 from timm_frelu.training.data.sources import check_same_size
 from timm_frelu.training.evaluation import evaluate
 from timm_frelu.training.optim import WEIGHT_DECAY_EXCLUDES, weight_decay_param_groups
-from timm_frelu.training.run_folder import ARGS_FILE, LAST_CHECKPOINT, SUMMARY_FILE
+from timm_frelu.training.run_folder import ARGS_FILE, LAST_CHECKPOINT, RECOVERY_PREFIX, SUMMARY_FILE, recovery_checkpoints
 
 _logger = logging.getLogger('train')
 
@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     group.add_argument('--log-interval', type=int, default=50, help='steps between progress lines')
     group.add_argument('--checkpoint-hist', type=int, default=1, help='how many best checkpoint-<epoch> files to keep')
+    group.add_argument('--recovery-interval', type=int, default=0, metavar='N',
+                       help='every N batches within an epoch, write recovery-<epoch>-<batch>.pth.tar; --resume from it '
+                            'goes on from that batch exactly (removed once the epoch\'s last.pth.tar is written)')
     group.add_argument('--eval-metric', default='top1', help='metric that picks the best checkpoint')
     group.add_argument('--output', default='output/train', help='parent folder of the run folders')
     group.add_argument('--experiment', default='', help='run folder name (default: date-model)')
@@ -181,6 +184,32 @@ class AtomicCheckpointSaver(CheckpointSaver):
         except OSError:
             shutil.copy2(src, tmp)
         os.replace(tmp, dst)
+
+    # What the unfinished epoch had done, set while a recovery checkpoint is written.
+    partial_epoch: Optional[Dict[str, Any]] = None
+
+    def state_dict(self, epoch=None, metric=None):
+        state = super().state_dict(epoch, metric)
+        if self.partial_epoch is not None:
+            state['partial_epoch'] = self.partial_epoch
+        return state
+
+    def save_partial_epoch(self, epoch: int, batches_done: int, loss_sum: float, seen: int, seconds: float) -> None:
+        """timm's recovery checkpoint, with what a resume needs to go on from the same batch exactly
+        (timm's own resume from one starts the next epoch, skipping the rest of this one): the
+        epoch's running loss, and torch's random state for dropout and drop-path."""
+        self.partial_epoch = dict(epoch=epoch, batches_done=batches_done, loss_sum=loss_sum, seen=seen, seconds=seconds,
+                                  torch_rng_state=torch.get_rng_state())
+        try:
+            self.save_recovery(epoch, batch_idx=batches_done)
+        finally:
+            self.partial_epoch = None
+
+    def remove_recovery(self) -> None:
+        """Once an epoch's checkpoint is written, its recovery checkpoints are older than it."""
+        for _, _, path in recovery_checkpoints(Path(self.recovery_dir)):
+            path.unlink(missing_ok=True)
+        self.curr_recovery_file = self.prev_recovery_file = ''
 
 
 class NonFiniteLossError(TimmFreluError, RuntimeError):
@@ -284,15 +313,18 @@ def precision_record(earlier: Dict[str, Any], start_epoch: int, precision: str) 
     return dict(precision=described, precision_history=history)
 
 
-def restart_record(earlier: Dict[str, Any], start_epoch: int, initial_checkpoint: Optional[str]) -> Dict[str, Any]:
+def restart_record(earlier: Dict[str, Any], start_epoch: int, initial_checkpoint: Optional[str],
+                   mid_epoch: bool = False) -> Dict[str, Any]:
     """args.yaml's ``restarts``: each epoch at which the run went on from weights alone
     (``--initial-checkpoint`` with ``--start-epoch``, as a queue restores a lean snapshot on a new
     machine), with fresh optimizer state and EMA. A later exact resume keeps them, though its own
-    arguments no longer show them, so that a published card can say the run was not unbroken."""
+    arguments no longer show them, so that a published card can say the run was not unbroken.
+    ``mid_epoch``: the resume is from within ``start_epoch``, after a restart at its start."""
     restarts = list(earlier.get('restarts') or [])
     if earlier.get('initial_checkpoint') and earlier.get('start_epoch'):
         restarts.append(dict(epoch=earlier['start_epoch'], weights=Path(earlier['initial_checkpoint']).name))
-    kept = {restart['epoch']: restart for restart in restarts if restart['epoch'] < start_epoch}
+    kept = {restart['epoch']: restart for restart in restarts
+            if restart['epoch'] < start_epoch or (mid_epoch and restart['epoch'] == start_epoch)}
     if initial_checkpoint and start_epoch:
         kept[start_epoch] = dict(epoch=start_epoch, weights=Path(initial_checkpoint).name)
     return dict(restarts=[kept[epoch] for epoch in sorted(kept)]) if kept else {}
@@ -343,15 +375,27 @@ class _Run:
     summary_csv: Path
 
 
-def train_one_epoch(epoch: int, run: _Run, args: argparse.Namespace, num_updates: int = 0):
-    """One pass over the training loader; returns the epoch's metrics and the update count."""
+def train_one_epoch(epoch: int, run: _Run, args: argparse.Namespace, num_updates: int = 0,
+                    unfinished: Optional[Dict[str, Any]] = None):
+    """One pass over the training loader, or the rest of an epoch cut short after a recovery
+    checkpoint (``unfinished``: what that checkpoint had done of it); returns the epoch's metrics
+    and the update count."""
     model, loader, optimizer = run.model, run.loader_train, run.optimizer
     model.train()
     # The loss is summed on the device and read back only at log steps: a read every step would
     # make a GPU wait for each step before queueing the next.
-    loss_sum = None
-    seen, start = 0, time.time()
+    loss_sum = unfinished['loss_sum'] if unfinished else None
+    seen, start = (int(unfinished['seen']), time.time() - unfinished['seconds']) if unfinished else (0, time.time())
+    batches_done = int(unfinished['batches_done']) if unfinished else 0
     for step, (images, targets) in enumerate(loader):
+        if step < batches_done:
+            # Trained before the recovery checkpoint. Drawn again all the same, so that the loader's
+            # and mixup's random streams stand where they stood.
+            if run.mixup_fn is not None:
+                run.mixup_fn(images, targets)
+            if step + 1 == batches_done:
+                torch.set_rng_state(unfinished['torch_rng_state'])
+            continue
         if run.mixup_fn is not None:
             images, targets = run.mixup_fn(images, targets)
         with run.autocast():
@@ -381,6 +425,9 @@ def train_one_epoch(epoch: int, run: _Run, args: argparse.Namespace, num_updates
                 _logger.info(
                     f'Train: {epoch} [{step + 1:>4d}/{len(loader)}]  loss {loss.item():.4f} '
                     f'(avg {loss_sum.item() / seen:.4f})  lr {lr:.3e}  {rate:.1f} img/s')
+        if run.saver is not None and args.recovery_interval and (step + 1) % args.recovery_interval == 0 \
+                and step + 1 < len(loader):
+            run.saver.save_partial_epoch(epoch, step + 1, loss_sum.item(), seen, time.time() - start)
     epoch_time = time.time() - start
     return OrderedDict(loss=loss_sum.item() / max(seen, 1), epoch_time=epoch_time,
                        img_per_sec=seen * args.world_size / epoch_time), num_updates
@@ -409,6 +456,9 @@ def train(args: argparse.Namespace, epoch_callback: Optional[Callable[[int, Dict
     precision = f'{str(amp_dtype).removeprefix("torch.")} autocast' if amp_dtype else 'float32'
     output_dir = _output_dir(args)
     start_epoch = _resume(args, model, optimizer, loss_scaler)
+    unfinished = _partial_epoch(args)
+    if unfinished:
+        start_epoch = int(unfinished['epoch'])
     model_ema = None
     if args.model_ema:
         model_ema = ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup)
@@ -421,21 +471,23 @@ def train(args: argparse.Namespace, epoch_callback: Optional[Callable[[int, Dict
     loader_train, loader_eval = _loaders(args, device, data_config, train_set, eval_set)
     loss_fn, mixup_fn = _loss(args, num_classes)
     lr_scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args), updates_per_epoch=len(loader_train))
-    if start_epoch > 0:
+    num_updates = start_epoch * len(loader_train) + (int(unfinished['batches_done']) if unfinished else 0)
+    if num_updates > 0:
         if args.sched_on_updates:
-            lr_scheduler.step_update(start_epoch * len(loader_train))
+            lr_scheduler.step_update(num_updates)
         else:
             lr_scheduler.step(start_epoch)
 
     run = _Run(model, model_ema, optimizer, loss_fn, lr_scheduler, autocast, loss_scaler, mixup_fn, loader_train,
                loader_eval, num_classes, None, None, output_dir / SUMMARY_FILE)
     if args.rank == 0:
-        _start_records(args, run, output_dir, start_epoch, precision, train_set, eval_set)
+        _start_records(args, run, output_dir, start_epoch, precision, train_set, eval_set, mid_epoch=bool(unfinished))
+        within = f', batch {int(unfinished["batches_done"]) + 1} of {len(loader_train)}' if unfinished else ''
         _logger.info(f'Training {args.model} ({num_classes} classes) on {args.dataset}/{args.train_split} '
-                     f'({len(train_set)} images) for {num_epochs} epochs from epoch {start_epoch} in {precision}; '
+                     f'({len(train_set)} images) for {num_epochs} epochs from epoch {start_epoch}{within} in {precision}; '
                      f'output in {output_dir}')
     try:
-        _train_epochs(args, run, start_epoch, num_epochs, start_epoch * len(loader_train), epoch_callback)
+        _train_epochs(args, run, start_epoch, num_epochs, num_updates, epoch_callback, unfinished)
     except NonFiniteLossError as err:
         last = output_dir / LAST_CHECKPOINT
         kept = f'the last good checkpoint, {last}, is kept' if last.exists() else 'no checkpoint had been written yet'
@@ -509,6 +561,14 @@ def _resume(args: argparse.Namespace, model: nn.Module, optimizer, loss_scaler) 
     return args.start_epoch if args.start_epoch is not None else resume_epoch  # timm's precedence
 
 
+def _partial_epoch(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
+    """What the unfinished epoch had done, when --resume names a recovery checkpoint (and
+    --start-epoch does not override it)."""
+    if not args.resume or args.start_epoch is not None:
+        return None
+    return load_checkpoint_metadata(args.resume).get('saver', {}).get('partial_epoch')
+
+
 def _loaders(args: argparse.Namespace, device: torch.device, data_config, train_set, eval_set):
     loader_kwargs = dict(mean=data_config['mean'], std=data_config['std'], device=device, seed=args.seed,
                          rank=args.rank, world_size=args.world_size, channels_last=args.channels_last)
@@ -537,7 +597,7 @@ def _loss(args: argparse.Namespace, num_classes: int):
 
 
 def _start_records(args: argparse.Namespace, run: _Run, output_dir: Path, start_epoch: int, precision: str,
-                   train_set, eval_set) -> None:
+                   train_set, eval_set, mid_epoch: bool = False) -> None:
     """The primary process's records: args.yaml, the checkpoint saver, the summary trimmed to the
     start epoch, TensorBoard and W&B."""
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -545,10 +605,10 @@ def _start_records(args: argparse.Namespace, run: _Run, output_dir: Path, start_
     earlier = earlier if args.resume or start_epoch else {}
     args_record = dict(vars(args), num_classes=run.num_classes, train_data=train_set.source,
                        eval_data=eval_set.source if eval_set else None, **precision_record(earlier, start_epoch, precision),
-                       **restart_record(earlier, start_epoch, args.initial_checkpoint))
+                       **restart_record(earlier, start_epoch, args.initial_checkpoint, mid_epoch))
     write_text_atomic(output_dir / ARGS_FILE, yaml.safe_dump(args_record, sort_keys=False))
     run.saver = AtomicCheckpointSaver(run.model, run.optimizer, args=args, model_ema=run.model_ema,
-                                      amp_scaler=run.loss_scaler, checkpoint_dir=str(output_dir),
+                                      amp_scaler=run.loss_scaler, recovery_prefix=RECOVERY_PREFIX, checkpoint_dir=str(output_dir),
                                       recovery_dir=str(output_dir), decreasing='loss' in args.eval_metric,
                                       max_history=args.checkpoint_hist)
     if args.resume:
@@ -560,13 +620,14 @@ def _start_records(args: argparse.Namespace, run: _Run, output_dir: Path, start_
 
 
 def _train_epochs(args: argparse.Namespace, run: _Run, start_epoch: int, num_epochs: int, num_updates: int,
-                  epoch_callback: Optional[Callable[[int, Dict[str, float]], None]]) -> None:
+                  epoch_callback: Optional[Callable[[int, Dict[str, float]], None]],
+                  unfinished: Optional[Dict[str, Any]] = None) -> None:
     for epoch in range(start_epoch, num_epochs):
         random_seed(args.seed + epoch, args.rank)  # every random stream is a function of (seed, epoch)
         run.loader_train.set_epoch(epoch)
         if run.mixup_fn is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
             run.mixup_fn.mixup_enabled = False
-        train_metrics, num_updates = train_one_epoch(epoch, run, args, num_updates)
+        train_metrics, num_updates = train_one_epoch(epoch, run, args, num_updates, unfinished if epoch == start_epoch else None)
         if args.distributed and not args.sync_bn:
             distribute_bn(run.model, args.world_size, reduce=True)
 
@@ -584,6 +645,7 @@ def _train_epochs(args: argparse.Namespace, run: _Run, start_epoch: int, num_epo
             run.tensorboard.scalars(epoch, {**{f'train/{k}': v for k, v in train_metrics.items()},
                                             **{f'eval/{k}': v for k, v in eval_metrics.items()}, 'lr': lr})
             best_metric, best_epoch = run.saver.save_checkpoint(epoch, metric=eval_metrics.get(args.eval_metric))
+            run.saver.remove_recovery()
             _logger.info(
                 f'Epoch {epoch}: train loss {train_metrics["loss"]:.4f}, '
                 + (f'eval top-1 {eval_metrics["top1"]:.2f}%, ' if eval_metrics else '')
