@@ -29,7 +29,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -455,10 +455,8 @@ def train(args: argparse.Namespace, epoch_callback: Optional[Callable[[int, Dict
     loss_scaler = NativeScaler(device=device.type) if amp_dtype == torch.float16 else None
     precision = f'{str(amp_dtype).removeprefix("torch.")} autocast' if amp_dtype else 'float32'
     output_dir = _output_dir(args)
-    start_epoch = _resume(args, model, optimizer, loss_scaler)
-    unfinished = _partial_epoch(args)
-    if unfinished:
-        start_epoch = int(unfinished['epoch'])
+    start_epoch, saver_state = _resume(args, model, optimizer, loss_scaler)
+    unfinished = saver_state.get('partial_epoch')
     model_ema = None
     if args.model_ema:
         model_ema = ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup)
@@ -481,7 +479,7 @@ def train(args: argparse.Namespace, epoch_callback: Optional[Callable[[int, Dict
     run = _Run(model, model_ema, optimizer, loss_fn, lr_scheduler, autocast, loss_scaler, mixup_fn, loader_train,
                loader_eval, num_classes, None, None, output_dir / SUMMARY_FILE)
     if args.rank == 0:
-        _start_records(args, run, output_dir, start_epoch, precision, train_set, eval_set, mid_epoch=bool(unfinished))
+        _start_records(args, run, output_dir, start_epoch, saver_state, precision, train_set, eval_set)
         within = f', batch {int(unfinished["batches_done"]) + 1} of {len(loader_train)}' if unfinished else ''
         _logger.info(f'Training {args.model} ({num_classes} classes) on {args.dataset}/{args.train_split} '
                      f'({len(train_set)} images) for {num_epochs} epochs from epoch {start_epoch}{within} in {precision}; '
@@ -548,25 +546,25 @@ def _set_lr(args: argparse.Namespace) -> None:
                          f'and a global batch of {args.batch_size * args.world_size}.')
 
 
-def _resume(args: argparse.Namespace, model: nn.Module, optimizer, loss_scaler) -> int:
-    """The epoch to start from: --resume's checkpoint loaded into the model and optimizer, or --start-epoch."""
+def _resume(args: argparse.Namespace, model: nn.Module, optimizer, loss_scaler) -> Tuple[int, Dict[str, Any]]:
+    """The epoch to start from, and the checkpoint saver's state ({} without --resume): --resume's
+    checkpoint loaded into the model and optimizer, or --start-epoch. A recovery checkpoint starts
+    within the epoch it was written in, its state's ``partial_epoch`` saying how far that got,
+    unless --start-epoch overrides it (timm's precedence), which drops the partial epoch."""
     if not args.resume:
-        return args.start_epoch or 0
+        return args.start_epoch or 0, {}
     if not Path(args.resume).is_file():
         raise FileNotFoundError(f'--resume {args.resume}: no such checkpoint. Point it at a run folder\'s last.pth.tar.')
     read_checkpoint(Path(args.resume))  # a damaged file is a clear error before timm reads it
     resume_epoch = resume_checkpoint(
         model, args.resume, optimizer=None if args.no_resume_opt else optimizer,
         loss_scaler=loss_scaler, log_info=args.rank == 0) or 0
-    return args.start_epoch if args.start_epoch is not None else resume_epoch  # timm's precedence
-
-
-def _partial_epoch(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
-    """What the unfinished epoch had done, when --resume names a recovery checkpoint (and
-    --start-epoch does not override it)."""
-    if not args.resume or args.start_epoch is not None:
-        return None
-    return load_checkpoint_metadata(args.resume).get('saver', {}).get('partial_epoch')
+    saver_state = dict(load_checkpoint_metadata(args.resume).get('saver', {}))
+    if args.start_epoch is not None:
+        saver_state.pop('partial_epoch', None)
+        return args.start_epoch, saver_state
+    unfinished = saver_state.get('partial_epoch')
+    return (int(unfinished['epoch']) if unfinished else resume_epoch), saver_state
 
 
 def _loaders(args: argparse.Namespace, device: torch.device, data_config, train_set, eval_set):
@@ -596,23 +594,23 @@ def _loss(args: argparse.Namespace, num_classes: int):
     return nn.CrossEntropyLoss(), None
 
 
-def _start_records(args: argparse.Namespace, run: _Run, output_dir: Path, start_epoch: int, precision: str,
-                   train_set, eval_set, mid_epoch: bool = False) -> None:
-    """The primary process's records: args.yaml, the checkpoint saver, the summary trimmed to the
-    start epoch, TensorBoard and W&B."""
+def _start_records(args: argparse.Namespace, run: _Run, output_dir: Path, start_epoch: int, saver_state: Dict[str, Any],
+                   precision: str, train_set, eval_set) -> None:
+    """The primary process's records: args.yaml, the checkpoint saver (with ``saver_state``, a
+    resume's), the summary trimmed to the start epoch, TensorBoard and W&B."""
     output_dir.mkdir(parents=True, exist_ok=True)
     earlier = read_yaml_mapping(output_dir / ARGS_FILE, 'args.yaml') if (output_dir / ARGS_FILE).is_file() else {}
     earlier = earlier if args.resume or start_epoch else {}
     args_record = dict(vars(args), num_classes=run.num_classes, train_data=train_set.source,
                        eval_data=eval_set.source if eval_set else None, **precision_record(earlier, start_epoch, precision),
-                       **restart_record(earlier, start_epoch, args.initial_checkpoint, mid_epoch))
+                       **restart_record(earlier, start_epoch, args.initial_checkpoint, 'partial_epoch' in saver_state))
     write_text_atomic(output_dir / ARGS_FILE, yaml.safe_dump(args_record, sort_keys=False))
     run.saver = AtomicCheckpointSaver(run.model, run.optimizer, args=args, model_ema=run.model_ema,
                                       amp_scaler=run.loss_scaler, recovery_prefix=RECOVERY_PREFIX, checkpoint_dir=str(output_dir),
                                       recovery_dir=str(output_dir), decreasing='loss' in args.eval_metric,
                                       max_history=args.checkpoint_hist)
     if args.resume:
-        run.saver.load_state_dict(load_checkpoint_metadata(args.resume).get('saver', {}))
+        run.saver.load_state_dict(saver_state)
     trim_summary(str(run.summary_csv), start_epoch)
     run.tensorboard = _TensorBoard(output_dir)
     if args.log_wandb:
