@@ -12,9 +12,10 @@ A queue is a YAML file:
 ``timm-frelu train-queue QUEUE.yaml`` trains the runs in order with the training command's own code,
 each into ``<output>/<experiment>/``. A run whose last epoch is in its ``summary.csv`` is done and
 skipped; one with a ``last.pth.tar`` or a recovery checkpoint is resumed from the newer (the training
-command's exact resume); others start. So a killed queue, or one cut off when a session ends, continues where it stopped
-when the command runs again. Several workers (one per core, say, each with ``threads: 1``) can
-run one queue at once: each run is locked while one trains it, the others take the next.
+command's exact resume); others start. So a killed queue, or one cut off when a session ends,
+continues where it stopped when the command runs again. Several workers (one per core, say, each
+with ``threads: 1``) can run one queue at once: each run is locked while one trains it, the others
+take the next.
 
 A run whose ``published`` folder (``timm-frelu publish`` output) records every epoch is done, so
 neither a fresh checkout nor an older run folder trains a published run again. A run with a
@@ -192,7 +193,8 @@ def _snapshot_run(run_dir: Path, kept: Path, epochs: int, lean: bool, history_bu
     if done - before < third:
         what = f'the snapshot there has {before}' if before else 'none was kept before'
         return (f'lean snapshot not written: {done} of {epochs} epochs done and {what}, less than a third of the run '
-                f'({third} epochs) apart; a fresh machine would redo at most {done - before} epochs')
+                f'({third} epochs) apart; a fresh machine would redo at most {done - before} '
+                f'epoch{"" if done - before == 1 else "s"}')
     staging = kept.with_name(f'.{kept.name}.staging')
     shutil.rmtree(staging, ignore_errors=True)
     size = write_lean_snapshot(run_dir, staging, checkpoint)
