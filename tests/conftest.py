@@ -37,6 +37,11 @@ print(model(torch.randn(2, 3, 32, 32)).flatten().tolist())
 '''
 
 
+def pytest_addoption(parser):
+    parser.addoption('--full-zoo-eval', action='store_true',
+                     help="also re-evaluate the big networks' weights on the 10,000 JPEG test images (minutes each on a CPU)")
+
+
 def make_image_folder(root: Path, num_classes: int, per_class: int, size: int = 32, splits=('train', 'test'), seed: int = 0):
     """Write a learnable image folder: each class has its own colour, plus noise."""
     generator = torch.Generator().manual_seed(seed)

@@ -20,6 +20,7 @@ from timm_frelu.publishing import push
 from timm_frelu.publishing.manifest import build_manifest
 from timm_frelu.publishing.provenance import describe_test_data
 from timm_frelu.publishing.push import REQUIRED_FILES
+from timm_frelu.studies.summary import model_summary
 from timm_frelu.training.main_job import DEFAULT_MODEL, default_tag
 from timm_frelu.training.validate import parser as validate_parser
 from timm_frelu.training.validate import validate
@@ -30,6 +31,10 @@ SHIPPED = sorted(results.parent for results in CHECKPOINTS.glob('*/results.json'
 # What push requires, plus the training record the zoo's cards point to.
 PUBLISHED_FILES = {*REQUIRED_FILES, 'recipe.yaml', 'summary.csv'}
 SIZE_LIMIT_MB = 100
+# The 10,000 JPEG test images took ResNet-18 two minutes on a 2-core AVX2 EPYC (ResNet-50 has 2.4
+# times its MACs). Every file's figure is re-evaluated on the 1,000 lossless images, and the JPEG
+# figures of the networks up to this size check the JPEG decoding that every JPEG figure goes through.
+JPEG_CHECK_MAX_MACS = 0.3e9
 
 shipped = pytest.mark.parametrize('folder', SHIPPED, ids=[folder.name for folder in SHIPPED])
 
@@ -93,7 +98,11 @@ def test_pretrained_loads_the_shipped_file_offline(folder):
 @pytest.mark.slow
 @shipped
 @pytest.mark.parametrize('dataset', ['shared/cifar10-lossless', 'shared/cifar10-jpeg'])
-def test_eval_command_reproduces_the_recorded_accuracy(folder, dataset):
+def test_eval_command_reproduces_the_recorded_accuracy(folder, dataset, request):
+    if (dataset == 'shared/cifar10-jpeg' and model_summary(folder.name)['macs'] > JPEG_CHECK_MAX_MACS
+            and not request.config.getoption('--full-zoo-eval')):
+        pytest.skip('a big network: its file is checked on the lossless test set, the JPEG decoding on the small '
+                    'ones; --full-zoo-eval checks this too')
     results = _results(folder)
     recorded = next(e for e in results['evaluations'] if e['data']['dataset'] == dataset)
     fresh = validate(validate_parser.parse_args(['--model', folder.name, '--pretrained', '--dataset', dataset]))

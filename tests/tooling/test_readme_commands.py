@@ -120,8 +120,13 @@ SHORTER = [
     (r'(benchmarks/loader.py)$', r'\1 --batches 3'),
     (r'(benchmarks/perf.py)$', r'\1 --archs resnet20 --repeats 1 --bf16 off'),
     (r'(benchmarks/train_one_epoch.py)$', r'\1 --images 256'),
-    (r'--images 6400', '--images 256'),
+    (r'--images 6400', '--images 128'),  # one batch of each precision
+    # Published runs are evaluated on the 1,000 lossless test images only, not the 10,000 JPEG ones too.
+    (r'^(timm-frelu (gpu-zoo )?publish .*)$', r'\1 --eval-dataset shared/cifar10-lossless'),
 ]
+# The example sweep's file trains each trial for 2 epochs on 4,000 images; its copy here, on 256 for one.
+SHORTER_FILES = {'zoo_configs/sweeps/cpu_resnet20_example.yaml': dict(
+    epochs=1, train_split='train[:256]', val_split='test[:128]')}
 # Commands that train for hours: each runs until it has trained a step (or ends sooner), then is stopped.
 STOPPED_AFTER_A_STEP = (r'cpu_study_cifar10.yaml --restore', r'recipe_study_resnet20_\w+\.yaml --(seed|enqueue)')
 TRAINED_A_STEP = re.compile(r'Train: \d+ \[\s*1/')
@@ -145,6 +150,10 @@ def checkout(tmp_path_factory, gpu_zoo_returned):
         if (REPO / name).is_file():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, root / name)
+    for name, shorter in SHORTER_FILES.items():
+        sweep = yaml.safe_load((root / name).read_text())
+        sweep['args'].update(shorter)
+        (root / name).write_text(yaml.safe_dump(sweep))
     make_image_folder(root / 'my_images', num_classes=3, per_class=40, splits=('train', 'validation'))
     (root / 'QUEUE.yaml').write_text(yaml.safe_dump(TINY_QUEUE))
     for name in ('SWEEP', 'A', 'B'):
